@@ -1,0 +1,83 @@
+"""The ``engine`` command: ``engine generate PROMPT`` streams text from a model (the default one if none given)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engine", description="An LLM serving engine.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="stream a completion of PROMPT to stdout")
+    gen.add_argument("prompt", help="the prompt text")
+    gen.add_argument("--model", default=None, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None)
+    _add_engine_flags(gen)
+    return parser
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--kv-cache-memory-gb", type=float, default=None)
+    parser.add_argument("--num-kv-blocks", type=int, default=None)
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    names = ("dtype", "device", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
+             "kv_cache_memory_gb", "num_kv_blocks")
+    return {name: getattr(args, name) for name in names}
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from engine import EngineConfig, LLMEngine, SamplingParams
+
+    engine = LLMEngine(EngineConfig.from_kwargs(args.model, **_engine_kwargs(args)))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    if args.chat:
+        text, token_ids = engine.input_processor.process_chat([{"role": "user", "content": args.prompt}])
+        engine.add_request("cli", text, params, prompt_token_ids=token_ids)
+    else:
+        engine.add_request("cli", args.prompt, params)
+    started, printed, output = time.monotonic(), 0, None
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            text = output.outputs[0].text
+            sys.stdout.write(text[printed:])
+            sys.stdout.flush()
+            printed = len(text)
+    sys.stdout.write("\n")
+    if output is not None:
+        completion = output.outputs[0]
+        elapsed = time.monotonic() - started
+        logging.getLogger("engine").info(
+            "%d tokens in %.2f s (%.1f tokens/s), finish_reason=%s",
+            len(completion.token_ids), elapsed, len(completion.token_ids) / elapsed, completion.finish_reason,
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": run_generate}[args.command](args)
+    except ValueError as err:
+        print(f"engine: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""engine: an LLM serving engine with a paged KV cache and continuous batching.
+
+``from engine import LLM, SamplingParams`` for offline generation; ``engine serve`` for HTTP.
+"""
+
+import logging
+
+from .config import EngineConfig
+from .llm import LLM, InvalidPromptError
+from .llm_engine import LLMEngine
+from .outputs import CompletionOutput, RequestMetrics, RequestOutput
+from .sampling_params import SamplingParams
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "CompletionOutput",
+    "EngineConfig",
+    "InvalidPromptError",
+    "LLM",
+    "LLMEngine",
+    "RequestMetrics",
+    "RequestOutput",
+    "SamplingParams",
+]

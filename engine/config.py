@@ -1,0 +1,97 @@
+"""User configuration of an engine: frozen, validated at construction, never written back.
+
+Facts derived at start-up (the device, the dtype, the number of KV blocks) live in
+``RuntimeInfo`` and are logged once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_CPU_KV_CACHE_GB = 4.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Every ``LLM(...)`` keyword; also the flags of the CLI (with dashes)."""
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    quantization: str | None = None
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    kv_cache_memory_gb: float | None = None
+    num_kv_blocks: int | None = None
+
+    @classmethod
+    def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown engine option(s) {unknown}; known options: {sorted(known)}")
+        return cls(model=model, **kwargs)
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and DTYPE_ALIASES.get(self.dtype, self.dtype) not in DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1) or self.block_size > 128:
+            raise ValueError(f"block_size must be a power of two from 1 to 128, got {self.block_size}")
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
+            raise ValueError(f"kv_cache_memory_gb must be positive, got {self.kv_cache_memory_gb}")
+        if self.tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet; use 1")
+        if self.quantization is not None:
+            raise ValueError(f"quantization={self.quantization!r} is not supported yet; use None")
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        return torch.device(self.device)
+
+    def resolve_dtype(self, device: torch.device, checkpoint_dtype: torch.dtype | None) -> torch.dtype:
+        """``auto``: fp32 on CPU (the exact path); on CUDA the checkpoint's 16-bit dtype, else bf16."""
+        if self.dtype != "auto":
+            return DTYPES[DTYPE_ALIASES.get(self.dtype, self.dtype)]
+        if device.type == "cpu":
+            return torch.float32
+        return checkpoint_dtype if checkpoint_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What the engine decided at start-up from the config, the model and the machine."""
+
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+    max_num_batched_tokens: int
+    num_kv_blocks: int
+    kv_cache_bytes: int
+
+    def describe(self) -> str:
+        return (
+            f"device={self.device} dtype={str(self.dtype).removeprefix('torch.')} "
+            f"max_model_len={self.max_model_len} max_num_batched_tokens={self.max_num_batched_tokens} "
+            f"kv_blocks={self.num_kv_blocks} ({self.kv_cache_bytes / 2**30:.2f} GiB)"
+        )

@@ -1,0 +1,77 @@
+"""SchedulerOutput -> the step's tensors, built in one place.
+
+Requests with one new token (decodes) come first so attention can run the decode kernel on
+``[:num_decode_tokens]`` and the prefill kernel on the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scheduler import ScheduledRequest, SchedulerOutput
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # int64 [num_tokens]
+    num_decode_tokens: int
+    decode_block_tables: torch.Tensor  # int32 [num_decodes, max_blocks]
+    decode_seq_lens: torch.Tensor  # int32 [num_decodes]
+    prefill_block_tables: torch.Tensor  # int32 [num_prefills, max_blocks]
+    prefill_cu_seqlens_q: torch.Tensor  # int32 [num_prefills + 1]
+    prefill_seq_lens: torch.Tensor  # int32 [num_prefills]
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor  # int64 [num_tokens]
+    positions: torch.Tensor  # int64 [num_tokens]
+    attention: AttentionMetadata
+    logits_indices: torch.Tensor  # int64 [num_sampled]: last token of each request that samples
+    sampled_request_ids: list[str]  # in the order of logits_indices
+
+    @classmethod
+    def build(cls, output: SchedulerOutput, block_size: int, device: torch.device) -> "ForwardBatch":
+        decodes = [s for s in output.scheduled if s.num_tokens == 1]
+        prefills = [s for s in output.scheduled if s.num_tokens > 1]
+        ordered = decodes + prefills
+
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_indices: list[int] = []
+        sampled_ids: list[str] = []
+        for item in ordered:
+            table = item.block_table
+            for pos in range(item.start_pos, item.seq_len):
+                positions.append(pos)
+                slots.append(table[pos // block_size] * block_size + pos % block_size)
+            input_ids.extend(item.token_ids)
+            if item.sample:
+                logits_indices.append(len(input_ids) - 1)
+                sampled_ids.append(item.request_id)
+
+        def tensor(values, dtype=torch.int64):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        cu_seqlens = [0]
+        for item in prefills:
+            cu_seqlens.append(cu_seqlens[-1] + item.num_tokens)
+        attention = AttentionMetadata(
+            slot_mapping=tensor(slots),
+            num_decode_tokens=len(decodes),
+            decode_block_tables=_block_tables(decodes, device),
+            decode_seq_lens=tensor([s.seq_len for s in decodes], torch.int32),
+            prefill_block_tables=_block_tables(prefills, device),
+            prefill_cu_seqlens_q=tensor(cu_seqlens, torch.int32),
+            prefill_seq_lens=tensor([s.seq_len for s in prefills], torch.int32),
+        )
+        return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled_ids)
+
+
+def _block_tables(items: list[ScheduledRequest], device: torch.device) -> torch.Tensor:
+    width = max((len(s.block_table) for s in items), default=0)
+    rows = [s.block_table + [-1] * (width - len(s.block_table)) for s in items]
+    return torch.tensor(rows, dtype=torch.int32, device=device).reshape(len(items), width)

@@ -1,0 +1,44 @@
+"""Prompt (text, token ids, or chat messages) -> validated token ids."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from .tokenizer import apply_chat_template
+
+# What generate() accepts for one prompt: text, or {"prompt_token_ids": [...]} (optionally with "prompt").
+PromptType = Union[str, dict[str, Any]]
+
+
+class InputProcessor:
+    def __init__(self, tokenizer, max_model_len: int, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.vocab_size = vocab_size
+
+    def process(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """(prompt text if any, token ids); ``ValueError`` for an empty, too long or malformed prompt."""
+        if isinstance(prompt, str):
+            text, token_ids = prompt, self.tokenizer.encode(prompt)
+        elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            text, token_ids = prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt_token_ids holds {bad[0]!r}, outside the vocabulary [0, {self.vocab_size})")
+        elif isinstance(prompt, dict) and "prompt" in prompt:
+            text, token_ids = prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+        else:
+            raise ValueError(f"a prompt is a string or a dict with 'prompt_token_ids', got {type(prompt).__name__}")
+        if not token_ids:
+            raise ValueError("the prompt is empty: it must hold at least one token")
+        if len(token_ids) > self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(token_ids)} tokens, longer than the model's context "
+                f"max_model_len={self.max_model_len}"
+            )
+        return text, token_ids
+
+    def process_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
+        text = apply_chat_template(self.tokenizer, messages)
+        # The template already wrote the special tokens (BOS and the like).
+        return self.process({"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})

@@ -1,0 +1,127 @@
+"""The synchronous engine: add requests, then ``step()`` until none is left.
+
+One step hands typed carriers down and back up:
+``Request`` (scheduler) -> ``SchedulerOutput`` -> ``ForwardBatch`` (model runner)
+-> ``StepResult`` (logits) -> sampled ids -> ``Scheduler.update`` -> ``RequestOutput``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from scheduler import Request, Scheduler, SchedulerConfig, StopConditions
+
+from .config import EngineConfig, RuntimeInfo
+from .detokenizer import IncrementalDetokenizer
+from .input_processor import InputProcessor, PromptType
+from .kv_cache import bytes_per_block, num_blocks_for_memory
+from .loader import load_hf_config, resolve_model
+from .model_runner import ModelRunner
+from .output_processor import OutputProcessor, RequestState
+from .outputs import RequestMetrics, RequestOutput
+from .sampler import Sampler
+from .sampling_params import SamplingParams
+from .tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        source = resolve_model(config.model)
+        self.model_name = source.name
+        hf_config = load_hf_config(source)
+        device = config.resolve_device()
+        dtype = config.resolve_dtype(device, getattr(hf_config, "dtype", None))
+        max_model_len = _max_model_len(config, hf_config)
+
+        started = time.monotonic()
+        self.tokenizer = load_tokenizer(source)
+        self.runner = ModelRunner(source, hf_config, device, dtype)
+        spec = self.runner.model.spec
+        block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.num_kv_heads, spec.head_dim, dtype)
+        num_blocks = config.num_kv_blocks or num_blocks_for_memory(config.kv_cache_memory_gb, block_bytes, device)
+        max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            block_size=config.block_size,
+            num_blocks=num_blocks,
+            max_model_len=max_model_len,
+            enable_prefix_caching=config.enable_prefix_caching,
+        ))
+        self.runner.allocate_kv_cache(num_blocks, config.block_size)
+        self.runtime = RuntimeInfo(device, dtype, max_model_len, max_num_batched_tokens, num_blocks,
+                                   num_blocks * block_bytes)
+        logger.info("loaded %s in %.1f s: %s", source.name, time.monotonic() - started, self.runtime.describe())
+
+        self.input_processor = InputProcessor(self.tokenizer, max_model_len, spec.vocab_size)
+        self.output_processor = OutputProcessor()
+        self.sampler = Sampler(config.seed, device)
+        self.eos_token_id = self.tokenizer.eos_token_id
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                    prompt_token_ids: list[int] | None = None) -> None:
+        """Queue a request; ``ValueError`` (and nothing queued) if the prompt is invalid.
+
+        ``prompt_token_ids`` skips tokenization (chat passes what its template produced).
+        """
+        if prompt_token_ids is None:
+            text, prompt_token_ids = self.input_processor.process(prompt)
+        else:
+            text = prompt if isinstance(prompt, str) else None
+        stop = StopConditions(
+            max_tokens=params.max_tokens,
+            min_tokens=params.min_tokens,
+            stop_token_ids=tuple(params.stop_token_ids),
+            eos_token_id=self.eos_token_id,
+            ignore_eos=params.ignore_eos,
+        )
+        now = time.monotonic()
+        request = Request(request_id, prompt_token_ids, stop, arrival_time=now)
+        self.scheduler.add(request)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.runtime.device).manual_seed(params.seed)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
+        self.output_processor.add(RequestState(request, text, params, detokenizer, RequestMetrics(now), generator))
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and return an output for every request that got a token."""
+        scheduled = self.scheduler.schedule()
+        if scheduled.is_empty:
+            return []
+        result = self.runner.execute(scheduled)
+        states = [self.output_processor.states[rid] for rid in result.request_ids]
+        token_ids = self.sampler(result.logits, [s.params for s in states], [s.generator for s in states])
+        self.scheduler.update(scheduled, dict(zip(result.request_ids, token_ids)))
+        return self.output_processor.process(result.request_ids)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output (None if unknown)."""
+        if self.scheduler.abort(request_id) is None:
+            return None
+        return self.output_processor.finish_aborted(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def check_invariants(self) -> None:
+        self.scheduler.block_manager.check_invariants()
+
+
+def _max_model_len(config: EngineConfig, hf_config) -> int:
+    context = getattr(hf_config, "max_position_embeddings", None)
+    if config.max_model_len is None:
+        if context is None:
+            raise ValueError("the model config has no max_position_embeddings; pass max_model_len")
+        return context
+    if context is not None and config.max_model_len > context:
+        raise ValueError(f"max_model_len={config.max_model_len} is longer than the model's context ({context} tokens)")
+    return config.max_model_len

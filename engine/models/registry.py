@@ -1,0 +1,31 @@
+"""Architecture (config.json ``architectures``, or ``model_type``) -> our model with its flags."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .llama import DecoderForCausalLM
+
+# Architecture -> decoder flags; qkv_bias defaults to the config's ``attention_bias``.
+_ARCHITECTURES: dict[str, dict[str, bool]] = {
+    "LlamaForCausalLM": {},
+    "MistralForCausalLM": {},
+    "Qwen2ForCausalLM": {"qkv_bias": True},
+    "Qwen3ForCausalLM": {"qk_norm": True},
+}
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM"}
+
+
+def build_model(hf_config) -> nn.Module:
+    names = list(getattr(hf_config, "architectures", None) or [])
+    names.append(_MODEL_TYPES.get(hf_config.model_type, hf_config.model_type))  # GGUF configs list none
+    for name in names:
+        if name in _ARCHITECTURES:
+            flags = _ARCHITECTURES[name]
+            return DecoderForCausalLM(
+                hf_config,
+                qkv_bias=flags.get("qkv_bias", bool(getattr(hf_config, "attention_bias", False))),
+                qk_norm=flags.get("qk_norm", False),
+            )
+    raise ValueError(f"architecture {names[0]!r} is not supported; supported: {sorted(_ARCHITECTURES)}")

@@ -1,0 +1,159 @@
+"""Torch reference implementations of the kernel contract.
+
+These are the CPU path and the oracle for every Triton kernel test. Each op is vectorised
+over the batch (no Python loop per token or per sequence); padded block-table entries (-1)
+and slots past a sequence's length are masked, never read into a result.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Write k, v ``[num_tokens, num_kv_heads, head_dim]`` into the paged caches at ``slot_mapping`` (-1 skipped)."""
+    num_blocks, block_size = k_cache.shape[:2]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.view(num_blocks * block_size, *k_cache.shape[2:])[slots] = k[keep]
+    v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slots] = v[keep]
+
+
+def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """Every sequence's cached tokens, padded: ``[num_seqs, num_kv_heads, max(seq_lens), head_dim]``.
+
+    Slots past a sequence's length (padding, -1 table entries, never-written memory that may
+    hold NaN) are zeroed, so a masked-out score cannot turn into 0 * NaN in the output.
+    """
+    block_size = cache.shape[1]
+    max_len = int(seq_lens.max())
+    table = block_tables[:, : -(-max_len // block_size)].clamp(min=0).long()
+    gathered = cache[table].flatten(1, 2)[:, :max_len]  # [num_seqs, max_len, kv_heads, head_dim]
+    valid = torch.arange(max_len, device=cache.device)[None, :] < seq_lens[:, None].to(cache.device)
+    gathered = torch.where(valid[:, :, None, None], gathered, gathered.new_zeros(()))
+    return gathered.transpose(1, 2)
+
+
+def _attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q ``[S, H, Q, D]`` over keys/values ``[S, KVH, L, D]`` with a boolean ``[S, 1, Q, L]`` mask (True = attend)."""
+    num_heads, num_kv_heads = q.shape[1], keys.shape[1]
+    if num_heads != num_kv_heads:
+        group = num_heads // num_kv_heads
+        keys = keys.repeat_interleave(group, dim=1)
+        values = values.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale
+    )
+
+
+def paged_attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence (its last position) over that sequence's cached tokens.
+
+    q ``[num_seqs, num_heads, head_dim]`` -> ``[num_seqs, num_heads, head_dim]``.
+    """
+    max_len = int(seq_lens.max())
+    keys = _gather_kv(k_cache, block_tables, seq_lens)
+    values = _gather_kv(v_cache, block_tables, seq_lens)
+    positions = torch.arange(max_len, device=q.device)
+    mask = (positions[None, :] < seq_lens[:, None].to(q.device))[:, None, None, :]
+    out = _attend(q.unsqueeze(2), keys, values, mask, scale)
+    return out.squeeze(2)
+
+
+def paged_attention_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention for a ragged batch of query chunks, through the block table.
+
+    q ``[num_tokens, num_heads, head_dim]``; the queries of sequence i are
+    ``q[cu_seqlens_q[i]:cu_seqlens_q[i+1]]`` and sit at the last ``q_len_i`` positions of
+    its ``seq_lens[i]`` cached tokens, so a cached prefix or an earlier chunk is attended to.
+    """
+    num_seqs = seq_lens.shape[0]
+    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(q.device)
+    max_q = int(q_lens.max())
+    max_len = int(seq_lens.max())
+    seq_lens = seq_lens.to(q.device)
+
+    # Scatter the flat queries into a padded [num_seqs, max_q] grid.
+    token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), q_lens)
+    token_row = torch.arange(q.shape[0], device=q.device) - cu_seqlens_q[:-1].to(q.device)[token_seq]
+    padded = q.new_zeros(num_seqs, max_q, *q.shape[1:])
+    padded[token_seq, token_row] = q
+
+    keys = _gather_kv(k_cache, block_tables, seq_lens)
+    values = _gather_kv(v_cache, block_tables, seq_lens)
+    # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
+    q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=q.device)[None, :]
+    k_pos = torch.arange(max_len, device=q.device)
+    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
+    out = _attend(padded.transpose(1, 2), keys, values, mask[:, None], scale)
+    return out.transpose(1, 2)[token_seq, token_row]
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm computed in fp32. With ``residual``: returns (norm(x + residual), x + residual)."""
+    if residual is not None:
+        x = x + residual
+        residual = x
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    out = (normed * weight.float()).to(x.dtype)
+    return out if residual is None else (out, residual)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q ``[num_tokens, num_heads, head_dim]`` and k ``[num_tokens, num_kv_heads, head_dim]``.
+
+    ``cos_sin_cache`` is ``[max_position, rotary_dim]``: cos in the first half, sin in the
+    second. Neox style rotates the two halves of the rotary dims (HF's rotate_half);
+    otherwise adjacent pairs are rotated (GPT-J / llama.cpp style). Returns new tensors.
+    """
+    cos, sin = cos_sin_cache[positions].float().chunk(2, dim=-1)  # [num_tokens, rotary_dim / 2]
+    return _rotate(q, cos, sin, is_neox), _rotate(k, cos, sin, is_neox)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
+    rotary_dim = cos.shape[-1] * 2
+    rot, rest = x[..., :rotary_dim].float(), x[..., rotary_dim:]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    if is_neox:
+        x1, x2 = rot.chunk(2, dim=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    rotated = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
+    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``[n, 2d] -> [n, d]``: silu of the first half times the second half (gate, up)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -1,0 +1,25 @@
+"""Continuous-batching scheduler and KV block manager: pure Python, no torch.
+
+The one place that decides what runs in a step and which KV blocks each request holds.
+"""
+
+from .block_manager import BlockManager
+from .block_pool import BlockPool, KVBlock
+from .config import SchedulerConfig
+from .output import ScheduledRequest, SchedulerOutput
+from .request import FinishReason, Request, RequestStatus, StopConditions
+from .scheduler import Scheduler
+
+__all__ = [
+    "BlockManager",
+    "BlockPool",
+    "FinishReason",
+    "KVBlock",
+    "Request",
+    "RequestStatus",
+    "ScheduledRequest",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerOutput",
+    "StopConditions",
+]

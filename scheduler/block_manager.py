@@ -1,0 +1,82 @@
+"""Per-request block tables over the ``BlockPool``: the only owner of which blocks a request holds."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .block_pool import BlockPool, KVBlock
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class BlockManager:
+    """Block tables keyed by request id.
+
+    ``allocate_slots`` grows a table to cover a number of tokens, atomically: either every
+    block it needs is taken, or nothing changes and it returns False (the scheduler then
+    preempts or waits).
+    """
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        self.block_size = block_size
+        self.pool = BlockPool(num_blocks)
+        self._tables: dict[str, list[KVBlock]] = {}
+
+    @property
+    def num_total_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.pool.num_blocks - self.pool.num_free_blocks
+
+    def num_new_blocks(self, request_id: str, num_tokens: int) -> int:
+        """Blocks to add so that the request's table covers ``num_tokens`` tokens."""
+        held = len(self._tables.get(request_id, ()))
+        return max(0, cdiv(num_tokens, self.block_size) - held)
+
+    def can_allocate(self, request_id: str, num_tokens: int) -> bool:
+        return self.num_new_blocks(request_id, num_tokens) <= self.pool.num_free_blocks
+
+    def allocate_slots(self, request_id: str, num_tokens: int) -> bool:
+        needed = self.num_new_blocks(request_id, num_tokens)
+        if needed > self.pool.num_free_blocks:
+            return False
+        table = self._tables.setdefault(request_id, [])
+        if needed:
+            table.extend(self.pool.allocate(needed))
+        return True
+
+    def free(self, request_id: str) -> None:
+        """Give back every block the request holds (no-op for a request holding none)."""
+        table = self._tables.pop(request_id, None)
+        if table:
+            self.pool.free(table[::-1])
+
+    def block_table(self, request_id: str) -> list[int]:
+        return [block.block_id for block in self._tables.get(request_id, ())]
+
+    def holders(self) -> list[str]:
+        return list(self._tables)
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if blocks leaked, are double-owned, or counts disagree."""
+        refs = Counter(block.block_id for table in self._tables.values() for block in table)
+        for block in self.pool.blocks:
+            assert block.ref_count == refs.get(block.block_id, 0), (
+                f"block {block.block_id}: ref_count {block.ref_count} but held by "
+                f"{refs.get(block.block_id, 0)} tables"
+            )
+            assert self.pool.is_free(block) == (block.ref_count == 0), (
+                f"block {block.block_id}: ref_count {block.ref_count}, in free queue: {self.pool.is_free(block)}"
+            )
+        for request_id, table in self._tables.items():
+            assert len({b.block_id for b in table}) == len(table), f"{request_id} holds a block twice"
+        assert self.num_free_blocks + self.num_used_blocks == self.num_total_blocks
+        assert self.num_used_blocks == len(refs)

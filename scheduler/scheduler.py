@@ -1,0 +1,163 @@
+"""Continuous batching: which requests run in a step, with how many tokens, on which blocks.
+
+The one rule ("computed catches up"): every request has ``num_tokens`` (prompt plus output)
+and ``num_computed_tokens`` (already in the KV cache). A step gives each scheduled request
+``min(num_tokens - num_computed_tokens, budget left)`` tokens. A decode is the case of one
+token, a prompt is many, and a prompt larger than the budget is prefilled in chunks. No
+phase flags.
+
+Order of one ``schedule()``:
+1. Running requests, oldest first. When the pool has no block for one, the newest running
+   request is preempted (blocks freed, back to the head of the waiting queue, recomputed
+   later with the tokens it generated kept), possibly the request itself.
+2. Waiting requests, first come first served, while ``max_num_seqs``, the token budget and
+   free blocks allow, and only if nothing was preempted this step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .block_manager import BlockManager
+from .config import SchedulerConfig
+from .output import ScheduledRequest, SchedulerOutput
+from .request import FinishReason, Request, RequestStatus
+
+
+class Scheduler:
+    """The single writer of request progress (``num_computed_tokens``, outputs, status)."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.block_manager = BlockManager(config.num_blocks, config.block_size)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def add(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        if request.num_tokens > self.config.max_model_len:
+            raise ValueError(
+                f"request {request.request_id!r} has {request.num_tokens} tokens, more than "
+                f"max_model_len={self.config.max_model_len}"
+            )
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        preempted: list[str] = []
+
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self._allocate(request, num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim is request:
+                    break
+            else:
+                scheduled.append(self._scheduled(request, num_new))
+                budget -= num_new
+                index += 1
+
+        while self.waiting and not preempted and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._allocate(request, num_new):
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            scheduled.append(self._scheduled(request, num_new))
+            budget -= num_new
+
+        return SchedulerOutput(scheduled=scheduled, preempted_ids=preempted)
+
+    def update(self, output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Request]:
+        """Advance the step's requests, append sampled tokens, finish those that stop. Returns the finished."""
+        finished = []
+        for item in output.scheduled:
+            request = self.requests.get(item.request_id)
+            if request is None:  # aborted while the step ran
+                continue
+            request.num_computed_tokens += item.num_tokens
+            if not item.sample:
+                continue
+            token_id = sampled_token_ids[item.request_id]
+            request.output_token_ids.append(token_id)
+            reason, stop_reason = self._stop_reason(request, token_id)
+            if reason is not None:
+                self._finish(request, reason, stop_reason)
+                finished.append(request)
+        return finished
+
+    def finish(self, request_id: str, reason: FinishReason, stop_reason: int | str | None = None) -> Request | None:
+        """End a request from outside the step (a stop string, an abort). Unknown ids are ignored."""
+        request = self.requests.get(request_id)
+        if request is not None:
+            self._finish(request, reason, stop_reason)
+        return request
+
+    def abort(self, request_id: str) -> Request | None:
+        return self.finish(request_id, FinishReason.ABORT)
+
+    def _allocate(self, request: Request, num_new: int) -> bool:
+        return self.block_manager.allocate_slots(request.request_id, request.num_computed_tokens + num_new)
+
+    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        return ScheduledRequest(
+            request_id=request.request_id,
+            token_ids=request.token_ids_from(start, num_new),
+            start_pos=start,
+            block_table=self.block_manager.block_table(request.request_id),
+            sample=start + num_new == request.num_tokens,
+        )
+
+    def _preempt(self, request: Request) -> None:
+        self.block_manager.free(request.request_id)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _stop_reason(self, request: Request, token_id: int) -> tuple[FinishReason | None, int | None]:
+        stop = request.stop
+        if request.num_output_tokens >= stop.min_tokens:
+            if token_id == stop.eos_token_id and not stop.ignore_eos:
+                return FinishReason.STOP, None
+            if token_id in stop.stop_token_ids:
+                return FinishReason.STOP, token_id
+        if request.num_output_tokens >= stop.max_tokens or request.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH, None
+        return None, None
+
+    def _finish(self, request: Request, reason: FinishReason, stop_reason: int | str | None) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_manager.free(request.request_id)
+        del self.requests[request.request_id]
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        request.stop_reason = stop_reason

@@ -1,0 +1,459 @@
+"""Deterministic unit tests of the scheduler: chunked prefill, mixed batches, preemption,
+stop rules, validation, aborts and the block pool's LRU order."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler import (
+    BlockManager,
+    BlockPool,
+    FinishReason,
+    Request,
+    RequestStatus,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+    StopConditions,
+)
+
+
+def make_scheduler(
+    *,
+    max_num_seqs: int = 8,
+    max_num_batched_tokens: int = 64,
+    block_size: int = 4,
+    num_blocks: int = 64,
+    max_model_len: int = 64,
+) -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            max_model_len=max_model_len,
+        )
+    )
+
+
+def make_request(rid: str, prompt_len: int, max_tokens: int = 100, first_token: int = 100, **stop) -> Request:
+    prompt = list(range(first_token, first_token + prompt_len))
+    return Request(rid, prompt, StopConditions(max_tokens=max_tokens, **stop))
+
+
+def step(sched: Scheduler, token: int | dict[str, int] = 1) -> tuple[SchedulerOutput, list[Request]]:
+    """One schedule() + update(), sampling ``token`` (or ``token[rid]``) for every sampling request."""
+    out = sched.schedule()
+    sampled = {
+        s.request_id: token[s.request_id] if isinstance(token, dict) else token for s in out.scheduled if s.sample
+    }
+    finished = sched.update(out, sampled)
+    sched.block_manager.check_invariants()
+    return out, finished
+
+
+def by_id(out: SchedulerOutput) -> dict:
+    return {s.request_id: s for s in out.scheduled}
+
+
+# --------------------------------------------------------------------------- (a) chunked prefill
+
+
+def test_long_prompt_is_prefilled_in_budget_sized_chunks():
+    sched = make_scheduler(max_num_batched_tokens=8)
+    req = make_request("a", 20)
+    sched.add(req)
+
+    chunks = []
+    for _ in range(3):
+        out, finished = step(sched, token=7)
+        assert finished == []
+        assert [s.request_id for s in out.scheduled] == ["a"]
+        chunks.append(out.scheduled[0])
+
+    assert [c.start_pos for c in chunks] == [0, 8, 16]
+    assert [c.num_tokens for c in chunks] == [8, 8, 4]
+    assert [c.sample for c in chunks] == [False, False, True]
+    assert [c.token_ids for c in chunks] == [req.prompt_token_ids[0:8], req.prompt_token_ids[8:16], req.prompt_token_ids[16:20]]
+    for c in chunks:
+        assert len(c.block_table) * 4 >= c.seq_len
+    # Only the last chunk produced a token.
+    assert req.output_token_ids == [7]
+    assert req.num_computed_tokens == 20
+
+    # Then it decodes one token at a time, feeding back the sampled token.
+    out, _ = step(sched)
+    (decode,) = out.scheduled
+    assert (decode.start_pos, decode.token_ids, decode.sample) == (20, [7], True)
+
+
+def test_non_final_chunk_update_needs_no_sampled_token():
+    sched = make_scheduler(max_num_batched_tokens=8)
+    sched.add(make_request("a", 12))
+    out = sched.schedule()
+    assert not out.scheduled[0].sample
+    assert sched.update(out, {}) == []  # nothing to sample: no KeyError
+    assert sched.requests["a"].num_computed_tokens == 8
+    assert sched.requests["a"].output_token_ids == []
+
+
+# --------------------------------------------------------------------------- (b) decodes alongside a chunk
+
+
+def test_running_decodes_are_scheduled_every_step_alongside_a_long_prefill():
+    sched = make_scheduler(max_num_batched_tokens=8)
+    d1, d2 = make_request("d1", 2), make_request("d2", 3)
+    sched.add(d1)
+    sched.add(d2)
+    out, _ = step(sched)
+    assert {s.request_id for s in out.scheduled} == {"d1", "d2"}
+    assert d1.num_output_tokens == d2.num_output_tokens == 1
+
+    long = make_request("long", 30)
+    sched.add(long)
+    prefill_positions = []
+    while long.num_output_tokens == 0:
+        before = (d1.num_output_tokens, d2.num_output_tokens)
+        out, finished = step(sched)
+        assert finished == []
+        items = by_id(out)
+        assert set(items) == {"d1", "d2", "long"}
+        # Decodes: one token each, sampled; the prompt chunk takes the rest of the budget.
+        assert items["d1"].num_tokens == items["d2"].num_tokens == 1
+        assert items["d1"].sample and items["d2"].sample
+        assert out.num_batched_tokens <= 8
+        assert items["long"].num_tokens == min(6, 30 - items["long"].start_pos)
+        prefill_positions.append(items["long"].start_pos)
+        # The decodes kept producing tokens during the prefill.
+        assert (d1.num_output_tokens, d2.num_output_tokens) == (before[0] + 1, before[1] + 1)
+
+    assert prefill_positions == [0, 6, 12, 18, 24]
+    assert long.num_computed_tokens == 30
+
+
+# --------------------------------------------------------------------------- (c) preemption
+
+
+def test_newest_running_request_is_preempted_and_recomputed_with_its_outputs():
+    # 6 blocks of 4 tokens; three 8-token prompts fill the pool exactly.
+    sched = make_scheduler(block_size=4, num_blocks=6, max_model_len=24)
+    a = make_request("a", 8, max_tokens=2, first_token=10)
+    b = make_request("b", 8, first_token=20)
+    c = make_request("c", 8, first_token=30)
+    for r in (a, b, c):
+        sched.add(r)
+
+    out, _ = step(sched, token={"a": 1, "b": 2, "c": 3})
+    assert [s.request_id for s in out.scheduled] == ["a", "b", "c"]
+    assert sched.block_manager.num_free_blocks == 0
+    c_blocks = set(sched.block_manager.block_table("c"))
+    assert len(c_blocks) == 2
+    assert c.output_token_ids == [3]
+
+    # Request d arrives while everything is full: it must not jump ahead of the preempted c.
+    d = make_request("d", 2, first_token=40)
+    sched.add(d)
+
+    # Each decode now needs a third block. a (oldest) asks first: the newest, c, is preempted.
+    out = sched.schedule()
+    assert out.preempted_ids == ["c"]
+    assert [s.request_id for s in out.scheduled] == ["a", "b"]  # nothing admitted in a preempting step
+    assert c.status is RequestStatus.PREEMPTED
+    assert c.num_computed_tokens == 0
+    assert c.num_preemptions == 1 and sched.num_preemptions == 1
+    assert [r.request_id for r in sched.waiting] == ["c", "d"]
+    assert sched.block_manager.block_table("c") == []
+    # c's two freed blocks are what a and b just grew into.
+    grown = {sched.block_manager.block_table("a")[-1], sched.block_manager.block_table("b")[-1]}
+    assert grown == c_blocks
+    assert c.output_token_ids == [3]  # generated tokens are kept
+    finished = sched.update(out, {"a": 1, "b": 2})
+    assert finished == [a] and a.finish_reason is FinishReason.LENGTH  # max_tokens=2 frees a's 3 blocks
+
+    # c comes back first, and recomputes its prompt plus what it had generated, from position 0.
+    out, _ = step(sched, token={"b": 2, "c": 3, "d": 4})
+    items = by_id(out)
+    assert "c" in items
+    assert items["c"].start_pos == 0
+    assert items["c"].token_ids == c.prompt_token_ids + [3]
+    assert items["c"].sample
+    assert len(items["c"].block_table) * 4 >= 9
+    assert c.status is RequestStatus.RUNNING
+    assert c.output_token_ids == [3, 3]
+    assert c.num_computed_tokens == 9
+    assert [r.request_id for r in sched.running][:2] == ["b", "c"]
+
+
+def test_request_that_cannot_grow_preempts_itself_when_it_is_the_newest():
+    # Two requests of 8 tokens in 4 blocks; the second cannot get a third block and is the newest.
+    sched = make_scheduler(block_size=4, num_blocks=4, max_model_len=16)
+    a = make_request("a", 7, first_token=10)
+    b = make_request("b", 8, first_token=20)
+    sched.add(a)
+    sched.add(b)
+    step(sched)  # a: 7 cached + 1 sampled, b: 8 cached + 1 sampled; all 4 blocks used
+    assert sched.block_manager.num_free_blocks == 0
+
+    out = sched.schedule()
+    # a still fits in its 2 blocks (8 tokens); b needs a third: b is the newest, so b goes.
+    assert [s.request_id for s in out.scheduled] == ["a"]
+    assert out.preempted_ids == ["b"]
+    assert b.status is RequestStatus.PREEMPTED and sched.waiting[0] is b
+    assert sched.block_manager.block_table("b") == []
+    assert sched.block_manager.num_free_blocks == 2
+    sched.update(out, {"a": 1})
+
+
+def test_preempted_request_with_long_history_is_recomputed_in_chunks():
+    sched = make_scheduler(max_num_batched_tokens=8, block_size=4, num_blocks=6, max_model_len=24)
+    a = make_request("a", 8, first_token=10, max_tokens=8)
+    b = make_request("b", 8, first_token=20)
+    sched.add(a)
+    sched.add(b)
+    for _ in range(6):
+        out, _ = step(sched, token={"a": 1, "b": 5})
+        if out.preempted_ids:
+            break
+    assert out.preempted_ids == ["b"]
+    history = b.prompt_token_ids + b.output_token_ids
+    assert b.output_token_ids == [5, 5, 5] and len(history) == 11
+
+    # Recompute b (it may be preempted again while a still grows: then it starts over).
+    chunks = []
+    for _ in range(20):
+        out, _ = step(sched, token={"a": 1, "b": 5})
+        if "b" in out.preempted_ids:
+            chunks = []
+        if "b" in by_id(out):
+            chunks.append(by_id(out)["b"])
+            if chunks[-1].sample:
+                break
+    assert a.is_finished
+    assert len(chunks) >= 2 and chunks[0].start_pos == 0
+    assert sum((c.token_ids for c in chunks), []) == history
+    assert [c.sample for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert b.output_token_ids == [5, 5, 5, 5]
+
+
+# --------------------------------------------------------------------------- (d) stop conditions
+
+
+def run_one(tokens: list[int], max_model_len: int = 64, prompt_len: int = 4, **stop) -> Request:
+    """Run a single request sampling ``tokens`` in order until it finishes; return it."""
+    sched = make_scheduler(max_model_len=max_model_len)
+    req = make_request("r", prompt_len, **stop)
+    sched.add(req)
+    for token in tokens:
+        _, finished = step(sched, token=token)
+        if finished:
+            assert finished == [req]
+            assert not sched.has_unfinished()
+            assert sched.block_manager.num_used_blocks == 0
+            return req
+    return req
+
+
+def test_max_tokens_finishes_with_length():
+    req = run_one([5] * 10, max_tokens=3)
+    assert req.is_finished
+    assert req.finish_reason is FinishReason.LENGTH and req.stop_reason is None
+    assert req.output_token_ids == [5, 5, 5]
+
+
+def test_eos_finishes_with_stop_and_no_stop_reason():
+    req = run_one([5, 2, 5, 5], max_tokens=10, eos_token_id=2)
+    assert req.finish_reason is FinishReason.STOP
+    assert req.stop_reason is None
+    assert req.output_token_ids == [5, 2]
+
+
+def test_stop_token_id_finishes_with_that_id_as_stop_reason():
+    req = run_one([5, 9, 7, 5], max_tokens=10, eos_token_id=2, stop_token_ids=(7, 8))
+    assert req.finish_reason is FinishReason.STOP
+    assert req.stop_reason == 7
+    assert req.output_token_ids == [5, 9, 7]
+
+
+def test_ignore_eos_keeps_generating_through_eos():
+    req = run_one([2] * 10, max_tokens=4, eos_token_id=2, ignore_eos=True)
+    assert req.finish_reason is FinishReason.LENGTH
+    assert req.output_token_ids == [2, 2, 2, 2]
+
+
+def test_min_tokens_suppresses_eos_and_stop_ids_until_reached():
+    req = run_one([2, 7, 2, 5], max_tokens=10, min_tokens=3, eos_token_id=2, stop_token_ids=(7,))
+    assert req.finish_reason is FinishReason.STOP and req.stop_reason is None
+    assert req.output_token_ids == [2, 7, 2]  # the third token may stop
+
+
+def test_max_tokens_wins_over_min_tokens():
+    req = run_one([5] * 10, max_tokens=2, min_tokens=5, eos_token_id=2)
+    assert req.finish_reason is FinishReason.LENGTH
+    assert req.output_token_ids == [5, 5]
+
+
+# --------------------------------------------------------------------------- (e) max_model_len
+
+
+def test_reaching_max_model_len_finishes_with_length():
+    req = run_one([5] * 10, max_model_len=16, prompt_len=13, max_tokens=100)
+    assert req.finish_reason is FinishReason.LENGTH
+    assert req.num_tokens == 16
+    assert req.output_token_ids == [5, 5, 5]
+
+
+def test_prompt_of_exactly_max_model_len_gets_one_token_then_length():
+    sched = make_scheduler(block_size=4, num_blocks=4, max_model_len=16)
+    req = make_request("r", 16, max_tokens=100)
+    sched.add(req)
+    out, finished = step(sched, token=5)
+    assert out.scheduled[0].num_tokens == 16
+    assert finished == [req] and req.finish_reason is FinishReason.LENGTH
+    assert req.output_token_ids == [5]
+    assert sched.block_manager.num_used_blocks == 0
+
+
+# --------------------------------------------------------------------------- (f) add() validation
+
+
+def test_prompt_longer_than_max_model_len_is_rejected():
+    sched = make_scheduler(max_model_len=16)
+    with pytest.raises(ValueError) as info:
+        sched.add(make_request("r", 17))
+    assert "17" in str(info.value) and "16" in str(info.value)
+    assert not sched.has_unfinished() and not sched.waiting
+    sched.add(make_request("r", 16))  # the id was not taken by the rejected request
+
+
+def test_duplicate_request_id_is_rejected():
+    sched = make_scheduler()
+    first = make_request("r", 4)
+    sched.add(first)
+    with pytest.raises(ValueError, match="'r'"):
+        sched.add(make_request("r", 5))
+    assert list(sched.waiting) == [first] and sched.requests["r"] is first
+    step(sched)  # running now: still a duplicate
+    with pytest.raises(ValueError):
+        sched.add(make_request("r", 5))
+
+
+# --------------------------------------------------------------------------- (g) config validation
+
+
+def test_pool_smaller_than_max_model_len_is_rejected():
+    with pytest.raises(ValueError, match="max_model_len=17"):
+        SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, block_size=4, num_blocks=4, max_model_len=17)
+    # Exactly enough is fine.
+    SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, block_size=4, num_blocks=4, max_model_len=16)
+
+
+@pytest.mark.parametrize("field", ["max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_non_positive_config_values_are_rejected(field, value):
+    kwargs = dict(max_num_seqs=1, max_num_batched_tokens=8, block_size=4, num_blocks=4, max_model_len=16)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=field):
+        SchedulerConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- (h) abort
+
+
+def test_abort_frees_blocks_at_once_and_update_of_its_step_skips_it():
+    sched = make_scheduler(block_size=4)
+    a, b = make_request("a", 10), make_request("b", 6)
+    sched.add(a)
+    sched.add(b)
+    out = sched.schedule()
+    assert sched.block_manager.num_used_blocks == 3 + 2
+
+    assert sched.abort("a") is a
+    assert a.status is RequestStatus.FINISHED and a.finish_reason is FinishReason.ABORT
+    assert sched.block_manager.block_table("a") == []
+    assert sched.block_manager.num_used_blocks == 2
+    sched.block_manager.check_invariants()
+
+    finished = sched.update(out, {"a": 1, "b": 2})  # the engine sampled for a anyway
+    assert finished == []
+    assert a.output_token_ids == [] and a.num_computed_tokens == 0
+    assert b.output_token_ids == [2] and b.num_computed_tokens == 6
+    assert [r.request_id for r in sched.running] == ["b"]
+
+
+def test_abort_waiting_and_preempted_requests_and_unknown_ids():
+    sched = make_scheduler(block_size=4, num_blocks=4, max_model_len=16)
+    a, b, c = make_request("a", 7), make_request("b", 8), make_request("c", 4)
+    sched.add(a)
+    sched.add(b)
+    step(sched)
+    out, _ = step(sched)
+    assert out.preempted_ids == ["b"]
+    sched.add(c)
+    assert [r.request_id for r in sched.waiting] == ["b", "c"]
+
+    assert sched.abort("b") is b and b.finish_reason is FinishReason.ABORT  # preempted
+    assert sched.abort("c") is c and c.finish_reason is FinishReason.ABORT  # waiting, never scheduled
+    assert not sched.waiting
+    assert sched.abort("b") is None  # already finished
+    assert sched.abort("nope") is None
+    assert sched.finish("nope", FinishReason.STOP, "stop") is None
+    assert sched.abort("a") is a
+    assert not sched.has_unfinished()
+    assert sched.block_manager.num_used_blocks == 0
+    assert sched.schedule().is_empty
+
+
+def test_finish_with_stop_string_from_outside():
+    sched = make_scheduler()
+    a = make_request("a", 4)
+    sched.add(a)
+    step(sched)
+    assert sched.finish("a", FinishReason.STOP, "###") is a
+    assert (a.finish_reason, a.stop_reason, a.status) == (FinishReason.STOP, "###", RequestStatus.FINISHED)
+    assert sched.block_manager.num_used_blocks == 0 and not sched.running
+
+
+# --------------------------------------------------------------------------- (i) block pool
+
+
+def test_block_pool_reuses_freed_blocks_in_lru_order():
+    pool = BlockPool(4)
+    blocks = pool.allocate(4)
+    assert [b.block_id for b in blocks] == [0, 1, 2, 3]
+    assert pool.num_free_blocks == 0
+    pool.free([blocks[2]])
+    pool.free([blocks[0]])
+    pool.free([blocks[3]])
+    assert pool.num_free_blocks == 3
+    assert [b.block_id for b in pool.allocate(3)] == [2, 0, 3]
+    with pytest.raises(RuntimeError):
+        pool.allocate(1)
+
+
+def test_block_pool_untouched_blocks_come_before_freed_ones():
+    pool = BlockPool(3)
+    (first,) = pool.allocate(1)
+    pool.free([first])
+    assert [b.block_id for b in pool.allocate(3)] == [1, 2, 0]
+
+
+def test_block_pool_double_free_raises():
+    pool = BlockPool(2)
+    (block,) = pool.allocate(1)
+    pool.free([block])
+    with pytest.raises(RuntimeError):
+        pool.free([block])
+
+
+def test_block_manager_frees_a_table_tail_first_and_allocates_atomically():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    assert bm.allocate_slots("a", 12)
+    assert bm.block_table("a") == [0, 1, 2]
+    assert not bm.allocate_slots("b", 8)  # needs 2, only 1 free: nothing taken
+    assert bm.num_free_blocks == 1 and bm.block_table("b") == []
+    bm.check_invariants()
+    bm.free("a")
+    assert bm.allocate_slots("b", 16)
+    assert bm.block_table("b") == [3, 2, 1, 0]  # the tail of a's table is reused first
+    bm.check_invariants()

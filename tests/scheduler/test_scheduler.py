@@ -75,7 +75,8 @@ def test_long_prompt_is_prefilled_in_budget_sized_chunks():
     assert [c.start_pos for c in chunks] == [0, 8, 16]
     assert [c.num_tokens for c in chunks] == [8, 8, 4]
     assert [c.sample for c in chunks] == [False, False, True]
-    assert [c.token_ids for c in chunks] == [req.prompt_token_ids[0:8], req.prompt_token_ids[8:16], req.prompt_token_ids[16:20]]
+    prompt = req.prompt_token_ids
+    assert [c.token_ids for c in chunks] == [prompt[0:8], prompt[8:16], prompt[16:20]]
     for c in chunks:
         assert len(c.block_table) * 4 >= c.seq_len
     # Only the last chunk produced a token.
@@ -348,7 +349,10 @@ def test_pool_smaller_than_max_model_len_is_rejected():
     SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, block_size=4, num_blocks=4, max_model_len=16)
 
 
-@pytest.mark.parametrize("field", ["max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"])
+CONFIG_FIELDS = ["max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"]
+
+
+@pytest.mark.parametrize("field", CONFIG_FIELDS)
 @pytest.mark.parametrize("value", [0, -1])
 def test_non_positive_config_values_are_rejected(field, value):
     kwargs = dict(max_num_seqs=1, max_num_batched_tokens=8, block_size=4, num_blocks=4, max_model_len=16)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the default model folder and tiny random-weight models saved by transformers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.loader.resolve import default_model_folder
+
+MODEL_FILES = ("config.json", "model.safetensors")  # everything else in the folder is tokenizer files
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The default model as a local folder (fetched and converted once per machine)."""
+    return default_model_folder()
+
+
+def _tiny_config(arch: str, vocab_size: int):
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=0.2, tie_word_embeddings=False, eos_token_id=2, bos_token_id=1,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
+    if arch == "qwen2":
+        return Qwen2Config(**common, architectures=["Qwen2ForCausalLM"])
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=32, architectures=["Qwen3ForCausalLM"])
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, default_model):
+    """``make(arch)`` -> folder of a random-weight model (safetensors) with the default model's tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    made: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in made:
+            torch.manual_seed(0)
+            config = _tiny_config(arch, vocab_size=49152)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+            model.save_pretrained(folder, safe_serialization=True)
+            for file in default_model.iterdir():
+                if file.name not in MODEL_FILES:
+                    shutil.copy(file, folder / file.name)
+            made[arch] = folder
+        return made[arch]
+
+    return make

@@ -20,7 +20,7 @@ def default_model() -> Path:
 
 
 def _tiny_config(arch: str, vocab_size: int):
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -29,6 +29,8 @@ def _tiny_config(arch: str, vocab_size: int):
     )
     if arch == "llama":
         return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=None, architectures=["MistralForCausalLM"])
     if arch == "qwen2":
         return Qwen2Config(**common, architectures=["Qwen2ForCausalLM"])
     if arch == "qwen3":

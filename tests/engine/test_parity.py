@@ -1,4 +1,4 @@
-"""Greedy token ids equal transformers' (fp32), on the default model and tiny random Llama/Qwen2/Qwen3."""
+"""Greedy token ids equal transformers' (fp32): the default model, tiny random Llama/Mistral/Qwen2/Qwen3."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_default_model_matches_under_preemption_and_chunking(default_model, defa
     assert small.engine.scheduler.block_manager.num_used_blocks == 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 def test_tiny_random_model_matches_transformers(tiny_model_factory, arch):
     folder = tiny_model_factory(arch)
     llm = LLM(str(folder), dtype="float32")

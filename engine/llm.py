@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
@@ -14,6 +14,8 @@ from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 
 Messages = list[dict[str, Any]]
+# One prompt of a call: (prompt, its token ids if already known), or why it was rejected.
+_Item = Union[tuple[PromptType, Optional[list[int]]], ValueError]
 
 
 class InvalidPromptError(ValueError):
@@ -66,27 +68,31 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate replies to conversations, each rendered with the model's chat template."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        items = []
+        items: list[_Item] = []
         for conversation in conversations:
-            text, token_ids = self.engine.input_processor.process_chat(conversation)
-            items.append((text, token_ids))
+            try:
+                items.append(self.engine.input_processor.process_chat(conversation))
+            except ValueError as err:  # rejected like a bad prompt: the other conversations still run
+                items.append(err)
         return self._run(items, sampling_params, use_tqdm)
 
-    def _run(self, items: list[tuple[PromptType, list[int] | None]], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, items: list[_Item], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
         params = _per_prompt(sampling_params, len(items))
         index_of: dict[str, int] = {}
         errors: dict[int, ValueError] = {}
-        for index, ((prompt, token_ids), sp) in enumerate(zip(items, params)):
-            request_id = str(next(self._ids))
-            try:
-                self.engine.add_request(request_id, prompt, sp, prompt_token_ids=token_ids)
-            except ValueError as err:
-                errors[index] = err
-                continue
-            index_of[request_id] = index
-
         outputs: list[RequestOutput | None] = [None] * len(items)
         try:
+            for index, (item, sp) in enumerate(zip(items, params)):
+                if isinstance(item, ValueError):
+                    errors[index] = item
+                    continue
+                request_id = str(next(self._ids))
+                try:
+                    self.engine.add_request(request_id, item[0], sp, prompt_token_ids=item[1])
+                except ValueError as err:
+                    errors[index] = err
+                    continue
+                index_of[request_id] = index
             with tqdm(total=len(index_of), desc="generate", unit="req", disable=not use_tqdm) as bar:
                 while self.engine.has_unfinished_requests():
                     for out in self.engine.step():

@@ -87,7 +87,11 @@ def default_model_folder() -> Path:
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         logger.info("converting %s into a safetensors folder at %s (once)", gguf_file.name, folder)
         convert_gguf_to_folder(gguf_file, Path(tmp) / "model")
-        os.replace(Path(tmp) / "model", folder)
+        try:
+            os.replace(Path(tmp) / "model", folder)
+        except OSError:  # another process finished the same conversion first
+            if not (folder / "config.json").is_file():
+                raise
     return folder
 
 
@@ -95,6 +99,6 @@ def _download_from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
     except Exception as exc:  # no network, no such repo, no permission: one clear message
         raise ValueError(f"model {repo_id!r} is not a local path and could not be fetched from the hub: {exc}") from exc

@@ -106,3 +106,14 @@ def test_empty_and_out_of_vocab_prompts_are_rejected(llm):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
     with pytest.raises(ValueError, match="vocabulary"):
         llm.generate({"prompt_token_ids": [10**9]}, use_tqdm=False)
+
+
+def test_chat_rejects_a_too_long_conversation_and_answers_the_others(default_model):
+    llm = LLM(str(default_model), max_model_len=64)
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    short = [{"role": "user", "content": "Hi"}]
+    long = [{"role": "user", "content": "word " * 100}]
+    with pytest.raises(ValueError, match=r"tokens.*max_model_len=64") as caught:
+        llm.chat([short, long, short], params, use_tqdm=False)
+    outputs = caught.value.outputs
+    assert outputs[1] is None and outputs[0].outputs[0].token_ids == outputs[2].outputs[0].token_ids

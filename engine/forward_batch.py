@@ -29,8 +29,9 @@ class ForwardBatch:
     input_ids: torch.Tensor  # int64 [num_tokens]
     positions: torch.Tensor  # int64 [num_tokens]
     attention: AttentionMetadata
-    logits_indices: torch.Tensor  # int64 [num_sampled]: last token of each request that samples
-    sampled_request_ids: list[str]  # in the order of logits_indices
+    logits_indices: torch.Tensor  # int64 [num_rows]: last token of each sampling request, once per sample
+    sampled: list[tuple[str, int]]  # (request_id, num_samples), in the order of logits_indices
+    token_offsets: dict[str, int]  # where each request's tokens start in the flattened batch
 
     @classmethod
     def build(cls, output: SchedulerOutput, block_size: int, device: torch.device) -> "ForwardBatch":
@@ -42,16 +43,18 @@ class ForwardBatch:
         positions: list[int] = []
         slots: list[int] = []
         logits_indices: list[int] = []
-        sampled_ids: list[str] = []
+        sampled: list[tuple[str, int]] = []
+        offsets: dict[str, int] = {}
         for item in ordered:
+            offsets[item.request_id] = len(input_ids)
             table = item.block_table
             for pos in range(item.start_pos, item.seq_len):
                 positions.append(pos)
                 slots.append(table[pos // block_size] * block_size + pos % block_size)
             input_ids.extend(item.token_ids)
             if item.sample:
-                logits_indices.append(len(input_ids) - 1)
-                sampled_ids.append(item.request_id)
+                logits_indices.extend([len(input_ids) - 1] * item.num_samples)
+                sampled.append((item.request_id, item.num_samples))
 
         def tensor(values, dtype=torch.int64):
             return torch.tensor(values, dtype=dtype, device=device)
@@ -68,7 +71,7 @@ class ForwardBatch:
             prefill_cu_seqlens_q=tensor(cu_seqlens, torch.int32),
             prefill_seq_lens=tensor([s.seq_len for s in prefills], torch.int32),
         )
-        return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled_ids)
+        return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled, offsets)
 
 
 def _block_tables(items: list[ScheduledRequest], device: torch.device) -> torch.Tensor:

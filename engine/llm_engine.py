@@ -12,15 +12,14 @@ import time
 
 import torch
 
-from scheduler import Request, Scheduler, SchedulerConfig, StopConditions
+from scheduler import FinishReason, Request, Scheduler, SchedulerConfig, StopConditions
 
 from .config import EngineConfig, RuntimeInfo
-from .detokenizer import IncrementalDetokenizer
 from .input_processor import InputProcessor, PromptType
 from .kv_cache import bytes_per_block, num_blocks_for_memory
 from .loader import load_hf_config, resolve_model
 from .model_runner import ModelRunner
-from .output_processor import OutputProcessor, RequestState
+from .output_processor import OutputProcessor, RequestState, fork_id
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import Sampler
 from .sampling_params import SamplingParams
@@ -61,10 +60,11 @@ class LLMEngine:
                                    num_blocks * block_bytes)
         logger.info("loaded %s in %.1f s: %s", source.name, time.monotonic() - started, self.runtime.describe())
 
-        self.input_processor = InputProcessor(self.tokenizer, max_model_len, spec.vocab_size)
-        self.output_processor = OutputProcessor()
-        self.sampler = Sampler(config.seed, device)
+        self.vocab_size = spec.vocab_size
         self.eos_token_id = self.tokenizer.eos_token_id
+        self.input_processor = InputProcessor(self.tokenizer, max_model_len, spec.vocab_size)
+        self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_id)
+        self.sampler = Sampler(config.seed, device)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     prompt_token_ids: list[int] | None = None) -> None:
@@ -76,6 +76,9 @@ class LLMEngine:
             text, prompt_token_ids = self.input_processor.process(prompt)
         else:
             text = prompt if isinstance(prompt, str) else None
+        bad_bias = [t for t in (params.logit_bias or {}) if t >= self.vocab_size]
+        if bad_bias:
+            raise ValueError(f"logit_bias names token {bad_bias[0]}, outside the vocabulary [0, {self.vocab_size})")
         stop = StopConditions(
             max_tokens=params.max_tokens,
             min_tokens=params.min_tokens,
@@ -84,30 +87,45 @@ class LLMEngine:
             ignore_eos=params.ignore_eos,
         )
         now = time.monotonic()
-        request = Request(request_id, prompt_token_ids, stop, arrival_time=now)
+        forks = [fork_id(request_id, index) for index in range(1, params.n)]
+        request = Request(request_id, prompt_token_ids, stop, arrival_time=now, fork_ids=forks)
         self.scheduler.add(request)
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.runtime.device).manual_seed(params.seed)
-        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens)
-        self.output_processor.add(RequestState(request, text, params, detokenizer, RequestMetrics(now), generator))
+        generators = [None] * params.n
+        if params.seed is not None:  # sequence i of a seeded request draws from seed + i
+            generators = [torch.Generator(device=self.runtime.device).manual_seed(params.seed + i) for i in range(params.n)]
+        state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators)
+        self.output_processor.add(state, request)
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and return an output for every request that got a token."""
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
             return []
-        result = self.runner.execute(scheduled)
-        states = [self.output_processor.states[rid] for rid in result.request_ids]
-        token_ids = self.sampler(result.logits, [s.params for s in states], [s.generator for s in states])
-        self.scheduler.update(scheduled, dict(zip(result.request_ids, token_ids)))
-        return self.output_processor.process(result.request_ids)
+        result = self.runner.execute(scheduled, self.output_processor.prompt_logprob_ids())
+        if result.prompt_logits:
+            starts = {item.request_id: item.start_pos for item in scheduled.scheduled}
+            self.output_processor.record_prompt_logprobs(result.prompt_logits, starts)
+        sample = self.sampler(result.logits, self.output_processor.sampling_rows(result.sampled))
+        token_ids, row = {}, 0
+        for seq_id, count in result.sampled:
+            token_ids[seq_id] = sample.token_ids[row : row + count]
+            row += count
+        update = self.scheduler.update(scheduled, token_ids)
+        self.runner.copy_blocks(update.block_copies)
+        self.output_processor.add_forks(update.forked)
+        outputs, stopped = self.output_processor.process(result.sampled, sample)
+        for seq_id, stop_string in stopped:
+            self.scheduler.finish(seq_id, FinishReason.STOP, stop_string)
+        return outputs
 
     def abort(self, request_id: str) -> RequestOutput | None:
-        """Stop a request now and free its blocks; returns its final output (None if unknown)."""
-        if self.scheduler.abort(request_id) is None:
+        """Stop a request (all its sequences) now and free its blocks; returns its final output (None if unknown)."""
+        state = self.output_processor.requests.get(request_id)
+        if state is None:
             return None
-        return self.output_processor.finish_aborted(request_id)
+        for seq in state.sequences:
+            self.scheduler.abort(seq.request.request_id)
+        return self.output_processor.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -19,10 +19,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StepResult:
-    """The logits of every request that samples this step, row i for ``request_ids[i]``."""
+    """The logits the step produced.
 
-    request_ids: list[str]
-    logits: torch.Tensor  # fp32 [num_sampled, vocab]
+    ``logits`` has one row per sample: request ``sampled[i][0]`` owns ``sampled[i][1]``
+    consecutive rows. ``prompt_logits[request_id]`` holds the logits at each position the step
+    computed for that request, for prompt log-probabilities.
+    """
+
+    sampled: list[tuple[str, int]]
+    logits: torch.Tensor  # fp32 [num_rows, vocab]
+    prompt_logits: dict[str, torch.Tensor]
 
 
 class ModelRunner:
@@ -42,8 +48,24 @@ class ModelRunner:
                                 self.dtype, self.device)
 
     @torch.inference_mode()
-    def execute(self, output: SchedulerOutput) -> StepResult:
+    def execute(self, output: SchedulerOutput, prompt_logprob_ids: set[str] = frozenset()) -> StepResult:
         batch = ForwardBatch.build(output, self.kv_cache.block_size, self.device)
         hidden = self.model(batch, self.kv_cache.layers)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
-        return StepResult(batch.sampled_request_ids, logits)
+        prompt_logits = {}
+        for item in output.scheduled:
+            if item.request_id in prompt_logprob_ids:
+                start = batch.token_offsets[item.request_id]
+                prompt_logits[item.request_id] = self.model.compute_logits(hidden[start : start + item.num_tokens])
+        return StepResult(batch.sampled, logits, prompt_logits)
+
+    @torch.inference_mode()
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy whole blocks of K/V in every layer (a forked sequence's partial last block)."""
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for k_cache, v_cache in self.kv_cache.layers:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]

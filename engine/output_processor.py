@@ -1,71 +1,206 @@
-"""Scheduler requests -> ``RequestOutput``s: incremental text, finish reasons, timings."""
+"""Sampled tokens -> ``RequestOutput``s: incremental text, stop strings, logprobs, timings.
+
+A request with n > 1 is a group of sequences: sequence 0 carries the request id, the forks
+``<id>#1 .. <id>#n-1`` appear when the prompt is done (``Scheduler.update``).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from scheduler import Request
+from scheduler import FinishReason, Request
 
 from .detokenizer import IncrementalDetokenizer
-from .outputs import CompletionOutput, RequestMetrics, RequestOutput
+from .outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
+from .sampler import SamplerOutput, SamplingRow
 from .sampling_params import SamplingParams
+from .stop_strings import find_stop, undecided_tail
+from .token_bytes import TokenBytes
+
+
+def fork_id(request_id: str, index: int) -> str:
+    return request_id if index == 0 else f"{request_id}#{index}"
+
+
+@dataclass(eq=False)
+class SequenceState:
+    request: Request
+    index: int
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[PositionLogprobs] | None
+    cumulative_logprob: float = 0.0
+    stop_string: str | None = None  # the stop string that ended it, if any
+    stop_at: int = 0  # where the text is cut when a stop string ended it
+
+    @property
+    def finished(self) -> bool:
+        return self.request.is_finished or self.stop_string is not None
 
 
 @dataclass(eq=False)
 class RequestState:
-    """What the engine keeps per request beside the scheduler's ``Request``."""
+    """What the engine keeps per user request beside the scheduler's ``Request``s."""
 
-    request: Request
+    request_id: str
     prompt: str | None
+    prompt_token_ids: list[int]
     params: SamplingParams
-    detokenizer: IncrementalDetokenizer
     metrics: RequestMetrics
-    generator: torch.Generator | None
+    generators: list[torch.Generator | None]  # one per sequence index
+    sequences: list[SequenceState] = field(default_factory=list)
+    prompt_logprobs: list[PositionLogprobs | None] | None = None
+    aborted: bool = False
 
-    def to_output(self) -> RequestOutput:
-        request = self.request
-        reason = request.finish_reason.value if request.finish_reason is not None else None
-        completion = CompletionOutput(
-            index=0,
-            text=self.detokenizer.text,
-            token_ids=list(request.output_token_ids),
-            finish_reason=reason,
-            stop_reason=request.stop_reason,
-        )
-        return RequestOutput(request.request_id, self.prompt, request.prompt_token_ids, [completion],
-                             finished=request.is_finished, metrics=self.metrics)
+    @property
+    def finished(self) -> bool:
+        done = all(seq.finished for seq in self.sequences)
+        return done and (self.aborted or len(self.sequences) == self.params.n)
+
+    def needs_prompt_logprobs(self) -> bool:
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_token_ids)
 
 
 class OutputProcessor:
-    def __init__(self) -> None:
-        self.states: dict[str, RequestState] = {}
+    def __init__(self, tokenizer, eos_token_id: int | None) -> None:
+        self.tokenizer = tokenizer
+        self.eos_token_id = eos_token_id
+        self.token_bytes = TokenBytes(tokenizer)
+        self.requests: dict[str, RequestState] = {}
+        self.sequences: dict[str, tuple[RequestState, SequenceState]] = {}
 
-    def add(self, state: RequestState) -> None:
-        self.states[state.request.request_id] = state
+    def add(self, state: RequestState, first: Request) -> None:
+        if state.params.prompt_logprobs is not None:
+            state.prompt_logprobs = [None]
+        self.requests[state.request_id] = state
+        self._add_sequence(state, first, 0)
 
-    def process(self, sampled_request_ids: list[str]) -> list[RequestOutput]:
-        """After ``Scheduler.update``: detokenize each new token and emit one output per request that moved."""
-        now = time.monotonic()
-        outputs = []
-        for request_id in sampled_request_ids:
-            state = self.states.get(request_id)
-            if state is None:  # aborted during the step
+    def _add_sequence(self, state: RequestState, request: Request, index: int) -> None:
+        detokenizer = IncrementalDetokenizer(self.tokenizer, state.prompt_token_ids, state.params.skip_special_tokens)
+        seq = SequenceState(request, index, detokenizer, [] if state.params.logprobs is not None else None)
+        state.sequences.append(seq)
+        self.sequences[request.request_id] = (state, seq)
+
+    def prompt_logprob_ids(self) -> set[str]:
+        return {s.request_id for s in self.requests.values() if s.needs_prompt_logprobs()}
+
+    def sampling_rows(self, sampled: list[tuple[str, int]]) -> list[SamplingRow]:
+        """The sampler's rows for a step: one per sample, forks of a group drawing with their own generators."""
+        rows = []
+        for seq_id, count in sampled:
+            state, seq = self.sequences[seq_id]
+            for offset in range(count):
+                index = seq.index + offset
+                outputs = seq.request.output_token_ids if offset == 0 else []
+                rows.append(SamplingRow(state.params, state.generators[index], state.prompt_token_ids, outputs,
+                                        self.eos_token_id))
+        return rows
+
+    def add_forks(self, forked: list[Request]) -> None:
+        for child in forked:
+            state, _ = self.sequences[child.request_id.rsplit("#", 1)[0]]
+            self._add_sequence(state, child, len(state.sequences))
+
+    def record_prompt_logprobs(self, prompt_logits: dict[str, torch.Tensor], start_positions: dict[str, int]) -> None:
+        """Logits at positions p predict prompt token p + 1; positions past the prompt are ignored."""
+        for seq_id, logits in prompt_logits.items():
+            state, _ = self.sequences[seq_id]
+            start = start_positions[seq_id]
+            known = len(state.prompt_logprobs)
+            targets = state.prompt_token_ids[start + 1 : start + 1 + logits.shape[0]]
+            if start + 1 != known or not targets:  # recomputed after preemption: already recorded
                 continue
-            state.detokenizer.append(state.request.output_token_ids[-1])
+            logprobs = torch.log_softmax(logits[: len(targets)], dim=-1)
+            target_ids = torch.tensor(targets)
+            chosen = logprobs.gather(1, target_ids[:, None])
+            ranks = (logprobs > chosen).sum(dim=-1) + 1
+            top = logprobs.topk(state.params.prompt_logprobs, dim=-1) if state.params.prompt_logprobs else None
+            for row, token in enumerate(targets):
+                state.prompt_logprobs.append(self._position(
+                    token, float(chosen[row]), int(ranks[row]),
+                    None if top is None else top.indices[row], None if top is None else top.values[row],
+                ))
+
+    def process(self, sampled: list[tuple[str, int]], tokens: SamplerOutput) -> tuple[list[RequestOutput], list[tuple[str, str]]]:
+        """After ``Scheduler.update``: text, stop strings and logprobs for each sampled sequence.
+
+        Returns the outputs of the requests that moved, and (sequence id, stop string) pairs the
+        engine must finish in the scheduler.
+        """
+        now = time.monotonic()
+        moved: dict[str, RequestState] = {}
+        stopped: list[tuple[str, str]] = []
+        row = 0
+        for seq_id, count in sampled:
+            state, seq = self.sequences[seq_id]
+            # A fork step samples for the whole group: the prompt's sequence and its new forks.
+            for seq in state.sequences if count > 1 else [seq]:
+                if self._append(state, seq, tokens, row):
+                    stopped.append((seq.request.request_id, seq.stop_string))
+                row += 1
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
-            outputs.append(self._emit(state, now))
-        return outputs
+            moved[state.request_id] = state
+        return [self._emit(state, now) for state in moved.values()], stopped
 
-    def finish_aborted(self, request_id: str) -> RequestOutput | None:
-        state = self.states.get(request_id)
-        return None if state is None else self._emit(state, time.monotonic())
+    def _append(self, state: RequestState, seq: SequenceState, tokens: SamplerOutput, row: int) -> bool:
+        """Record one token of ``seq``; True if a stop string ended it."""
+        token_id = seq.request.output_token_ids[-1]
+        logprob = tokens.logprobs[row]
+        seq.cumulative_logprob += logprob
+        if seq.logprobs is not None:
+            k = state.params.logprobs
+            seq.logprobs.append(self._position(
+                token_id, logprob, tokens.ranks[row],
+                tokens.top_ids[row, :k] if k else None, tokens.top_logprobs[row, :k] if k else None,
+            ))
+        before = len(seq.detokenizer.text)
+        seq.detokenizer.append(token_id)
+        stops = state.params.stop_strings
+        if stops and seq.stop_string is None and (match := find_stop(seq.detokenizer.text, stops, before)):
+            seq.stop_at, seq.stop_string = match
+            return True
+        return False
+
+    def _position(self, token_id: int, logprob: float, rank: int, top_ids, top_values) -> PositionLogprobs:
+        entry = {token_id: Logprob(logprob, rank, self.token_bytes.text(token_id), self.token_bytes.bytes(token_id))}
+        if top_ids is not None:
+            for position, (tid, value) in enumerate(zip(top_ids.tolist(), top_values.tolist())):
+                entry.setdefault(tid, Logprob(value, position + 1, self.token_bytes.text(tid), self.token_bytes.bytes(tid)))
+        return entry
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        state = self.requests.get(request_id)
+        if state is None:
+            return None
+        state.aborted = True
+        return self._emit(state, time.monotonic())
 
     def _emit(self, state: RequestState, now: float) -> RequestOutput:
-        if state.request.is_finished:
+        finished = state.finished
+        if finished:
             state.metrics.finished_time = now
-            del self.states[state.request.request_id]
-        return state.to_output()
+            del self.requests[state.request_id]
+            for seq in state.sequences:
+                del self.sequences[seq.request.request_id]
+        completions = [self._completion(state, seq) for seq in state.sequences]
+        return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions, finished,
+                             state.metrics, state.prompt_logprobs)
+
+    def _completion(self, state: RequestState, seq: SequenceState) -> CompletionOutput:
+        text = seq.detokenizer.text
+        if seq.stop_string is not None:
+            text = text[: seq.stop_at]
+            reason, stop_reason = FinishReason.STOP.value, seq.stop_string
+        elif seq.request.is_finished:
+            reason, stop_reason = seq.request.finish_reason.value, seq.request.stop_reason
+        else:
+            reason, stop_reason = None, None
+            text = text[: len(text) - undecided_tail(text, state.params.stop_strings)]
+        return CompletionOutput(
+            index=seq.index, text=text, token_ids=list(seq.request.output_token_ids),
+            cumulative_logprob=seq.cumulative_logprob, logprobs=seq.logprobs,
+            finish_reason=reason, stop_reason=stop_reason,
+        )

@@ -14,13 +14,27 @@ class RequestMetrics:
     finished_time: float | None = None
 
 
+@dataclass(frozen=True)
+class Logprob:
+    """One candidate token at one position: OpenAI's ``token``, ``logprob`` and ``bytes``, plus its rank."""
+
+    logprob: float
+    rank: int  # 1 = the most likely token at this position
+    decoded_token: str
+    token_bytes: bytes
+
+
+# Per position: token id -> Logprob, holding the chosen (or prompt) token and the top alternatives.
+PositionLogprobs = dict[int, Logprob]
+
+
 @dataclass
 class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
     cumulative_logprob: float | None = None
-    logprobs: list | None = None
+    logprobs: list[PositionLogprobs] | None = None
     finish_reason: str | None = None  # "stop", "length" or "abort" once finished
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
 
@@ -37,3 +51,5 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(0.0))
+    # With SamplingParams.prompt_logprobs: None for the first prompt token, then one entry per token.
+    prompt_logprobs: list[PositionLogprobs | None] | None = None

@@ -1,36 +1,138 @@
-"""Batched sampling: one pass over the step's logits with each request's own parameters.
+"""Batched sampling: one pass over the step's logits applies every row's own parameters.
 
-Greedy rows take the argmax. Random rows draw with the exponential race
-(``argmax(p / E)`` with ``E ~ Exp(1)`` is a draw from ``p``), so a seeded request only needs
-its own generator to fill its own row of noise: its tokens are the same alone or in any batch.
+Order, as in vLLM: logit_bias and the min_tokens mask, then penalties (repetition over prompt
+and output tokens, frequency and presence over output tokens, OpenAI's definition); greedy
+rows take the argmax of that; random rows are divided by their temperature, then min_p, top_k
+and top_p filter them, and a token is drawn with the exponential race (``argmax(p / E)``,
+``E ~ Exp(1)``, is a draw from ``p``). A seeded row fills its noise from its own generator, so
+its tokens do not depend on the batch. Log-probabilities returned are the model's raw ones.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .sampling_params import SamplingParams
 
 
+@dataclass
+class SamplingRow:
+    """What one row of the step's logits is sampled with."""
+
+    params: SamplingParams
+    generator: torch.Generator | None
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    eos_token_id: int | None
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float]  # raw log-probability of each chosen token
+    ranks: list[int]  # 1 = the most likely token
+    top_ids: torch.Tensor | None  # [rows, max requested logprobs], None if no row asked
+    top_logprobs: torch.Tensor | None
+
+
 class Sampler:
     def __init__(self, seed: int, device: torch.device) -> None:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def __call__(
-        self,
-        logits: torch.Tensor,
-        params: list[SamplingParams],
-        generators: list[torch.Generator | None],
-    ) -> list[int]:
-        """``logits`` fp32 ``[num_seqs, vocab]``; row i is sampled with ``params[i]`` and ``generators[i]``."""
-        greedy = logits.argmax(dim=-1)
-        if all(p.is_greedy for p in params):
-            return greedy.tolist()
-        temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
-        probs = torch.softmax(logits / temperature.clamp(min=1e-6)[:, None], dim=-1)
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        """``logits`` fp32 ``[len(rows), vocab]``."""
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = apply_processors(logits.clone(), rows)
+        tokens = logits.argmax(dim=-1)
+        if not all(row.params.is_greedy for row in rows):
+            tokens = torch.where(self._temperatures(rows, logits) == 0, tokens, self._draw(logits, rows))
+        chosen = raw_logprobs.gather(1, tokens[:, None])
+        ranks = (raw_logprobs > chosen).sum(dim=-1) + 1
+        num_top = max((row.params.logprobs or 0 for row in rows), default=0)
+        top_logprobs, top_ids = raw_logprobs.topk(num_top, dim=-1) if num_top else (None, None)
+        return SamplerOutput(tokens.tolist(), chosen[:, 0].tolist(), ranks.tolist(), top_ids, top_logprobs)
+
+    @staticmethod
+    def _temperatures(rows: list[SamplingRow], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([row.params.temperature for row in rows], dtype=like.dtype, device=like.device)
+
+    def _draw(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        temperature = self._temperatures(rows, logits).clamp(min=1e-5)
+        probs = torch.softmax(filter_logits(logits / temperature[:, None], rows), dim=-1)
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
-        for row, generator in enumerate(generators):
-            if generator is not None:
-                noise[row].exponential_(generator=generator)
-        sampled = (probs / noise).argmax(dim=-1)
-        return torch.where(temperature == 0, greedy, sampled).tolist()
+        for index, row in enumerate(rows):
+            if row.generator is not None:
+                noise[index].exponential_(generator=row.generator)
+        # Exp(1) can return exactly 0; 0 / 0 would be NaN, which argmax would pick.
+        noise.clamp_(min=torch.finfo(noise.dtype).tiny)
+        return (probs / noise).argmax(dim=-1)
+
+
+def apply_processors(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logit_bias, the min_tokens ban on stop tokens, and the three penalties, in place."""
+    bias_rows, bias_cols, bias_values = [], [], []
+    for index, row in enumerate(rows):
+        for token, bias in (row.params.logit_bias or {}).items():
+            bias_rows.append(index)
+            bias_cols.append(token)
+            bias_values.append(bias)
+        if len(row.output_token_ids) < row.params.min_tokens:
+            banned = list(row.params.stop_token_ids)
+            if row.eos_token_id is not None and not row.params.ignore_eos:
+                banned.append(row.eos_token_id)
+            logits[index, banned] = float("-inf")
+    if bias_rows:
+        logits.index_put_(
+            (torch.tensor(bias_rows), torch.tensor(bias_cols)),
+            torch.tensor(bias_values, dtype=logits.dtype), accumulate=True,
+        )
+    if any(row.params.uses_penalties for row in rows):
+        apply_penalties(logits, rows)
+    return logits
+
+
+def _scatter_counts(rows: list[list[int]], shape: torch.Size, device) -> torch.Tensor:
+    """``counts[i, t]`` = how often token t occurs in ``rows[i]``."""
+    counts = torch.zeros(shape, device=device)
+    row_index = [i for i, ids in enumerate(rows) for _ in ids]
+    if row_index:
+        flat = [t for ids in rows for t in ids]
+        counts.index_put_((torch.tensor(row_index), torch.tensor(flat)), torch.ones(len(flat)), accumulate=True)
+    return counts
+
+
+def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    def column(name: str) -> torch.Tensor:
+        return torch.tensor([getattr(row.params, name) for row in rows], dtype=logits.dtype)[:, None]
+
+    output_counts = _scatter_counts([row.output_token_ids for row in rows], logits.shape, logits.device)
+    seen = output_counts > 0
+    repetition = column("repetition_penalty")
+    if (repetition != 1.0).any():
+        seen_anywhere = seen | (_scatter_counts([row.prompt_token_ids for row in rows], logits.shape, logits.device) > 0)
+        penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
+        logits.copy_(torch.where(seen_anywhere, penalised, logits))
+    logits -= column("frequency_penalty") * output_counts + column("presence_penalty") * seen
+
+
+def filter_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """min_p (relative to the top probability), then top_k, then top_p; filtered entries become -inf."""
+    min_p = torch.tensor([row.params.min_p for row in rows], dtype=logits.dtype)
+    top_k = torch.tensor([row.params.top_k if row.params.top_k > 0 else logits.shape[1] for row in rows])
+    top_p = torch.tensor([row.params.top_p for row in rows], dtype=logits.dtype)
+    if (min_p > 0).any():
+        probs = torch.softmax(logits, dim=-1)
+        threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    if (top_k < logits.shape[1]).any() or (top_p < 1.0).any():
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(logits.shape[1])[None, :]
+        sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        above = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_logits = sorted_logits.masked_fill(above >= top_p[:, None], float("-inf"))
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    return logits

@@ -84,7 +84,11 @@ def test_chat_uses_the_template(default_model):
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"temperature": -1.0}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"min_tokens": -1}, "min_tokens"),
-     ({"stop_token_ids": [-3]}, "stop_token_ids"), ({"n": 2}, "n")],
+     ({"stop_token_ids": [-3]}, "stop_token_ids"), ({"n": 0}, "n"), ({"top_p": 0.0}, "top_p"),
+     ({"top_k": -2}, "top_k"), ({"min_p": 1.5}, "min_p"), ({"presence_penalty": 3.0}, "presence_penalty"),
+     ({"frequency_penalty": -2.5}, "frequency_penalty"), ({"repetition_penalty": 0.0}, "repetition_penalty"),
+     ({"logit_bias": {5: 200.0}}, "logit_bias"), ({"logprobs": 21}, "logprobs"), ({"prompt_logprobs": -1}, "prompt_logprobs"),
+     ({"stop": [""]}, "stop"), ({"min_tokens": 5, "max_tokens": 4}, "min_tokens")],
 )
 def test_invalid_sampling_params_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):

@@ -44,14 +44,37 @@ class BlockManager:
     def can_allocate(self, request_id: str, num_tokens: int) -> bool:
         return self.num_new_blocks(request_id, num_tokens) <= self.pool.num_free_blocks
 
-    def allocate_slots(self, request_id: str, num_tokens: int) -> bool:
+    def allocate_slots(self, request_id: str, num_tokens: int, num_spare_blocks: int = 0) -> bool:
+        """Grow the table to cover ``num_tokens``, only if ``num_spare_blocks`` more stay free after.
+
+        The spare blocks are for forks decided when the step's tokens come back (``fork``).
+        """
         needed = self.num_new_blocks(request_id, num_tokens)
-        if needed > self.pool.num_free_blocks:
+        if needed + num_spare_blocks > self.pool.num_free_blocks:
             return False
         table = self._tables.setdefault(request_id, [])
         if needed:
             table.extend(self.pool.allocate(needed))
         return True
+
+    def fork(self, parent_id: str, child_id: str, num_tokens: int) -> tuple[int, int] | None:
+        """Give ``child_id`` the parent's first ``num_tokens`` tokens of KV.
+
+        Full blocks are shared by reference count. A partial last block cannot be: both
+        sequences write their next token into it, so the child gets a fresh block, and the
+        (source, destination) pair is returned for the engine to copy the K/V (copy on write,
+        done eagerly because the write is one step away).
+        """
+        parent = self._tables[parent_id]
+        num_full = num_tokens // self.block_size
+        shared = parent[:num_full]
+        self.pool.share(shared)
+        table = self._tables[child_id] = list(shared)
+        if num_full * self.block_size == num_tokens:
+            return None
+        (private,) = self.pool.allocate(1)
+        table.append(private)
+        return parent[num_full].block_id, private.block_id
 
     def free(self, request_id: str) -> None:
         """Give back every block the request holds (no-op for a request holding none)."""

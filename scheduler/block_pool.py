@@ -47,6 +47,13 @@ class BlockPool:
             taken.append(block)
         return taken
 
+    def share(self, blocks: list[KVBlock]) -> None:
+        """One more holder for each of these blocks (they are in use, so not in the free queue)."""
+        for block in blocks:
+            if block.ref_count <= 0:
+                raise RuntimeError(f"block {block.block_id} is free and cannot be shared")
+            block.ref_count += 1
+
     def free(self, blocks: list[KVBlock]) -> None:
         """Drop one reference from each block; blocks nobody holds go to the back of the free queue.
 

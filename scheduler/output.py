@@ -9,15 +9,20 @@ from dataclasses import dataclass, field
 class ScheduledRequest:
     """One request's share of a step: feed ``token_ids`` at positions ``start_pos ..``.
 
-    ``sample`` is true when these tokens reach the end of the request's known tokens, so the
-    last position's logits give its next token (false for a prompt chunk that is not the last).
+    ``num_samples`` tokens are drawn from the last position's logits once these tokens reach
+    the end of the request's known tokens: 1, or n for a prompt that forks into n sequences;
+    0 for a prompt chunk that is not the last.
     """
 
     request_id: str
     token_ids: list[int]
     start_pos: int
     block_table: list[int]
-    sample: bool
+    num_samples: int
+
+    @property
+    def sample(self) -> bool:
+        return self.num_samples > 0
 
     @property
     def num_tokens(self) -> int:
@@ -41,3 +46,16 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+
+@dataclass
+class StepUpdate:
+    """What ``Scheduler.update`` did with a step's sampled tokens.
+
+    ``block_copies`` are (source, destination) block ids whose K/V the engine must copy
+    before the next step: a forked sequence's private copy of the prompt's last partial block.
+    """
+
+    finished: list = field(default_factory=list)  # list[Request]
+    forked: list = field(default_factory=list)  # list[Request], the new sequences
+    block_copies: list[tuple[int, int]] = field(default_factory=list)

@@ -51,6 +51,9 @@ class Request:
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     num_preemptions: int = 0
+    # n > 1: ids of the sequences this one forks into when its prompt is done. They share the
+    # prompt's KV blocks and each draws its own first token from the same logits.
+    fork_ids: list[str] = field(default_factory=list)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -72,6 +75,11 @@ class Request:
         if start >= num_prompt:
             return self.output_token_ids[start - num_prompt : start - num_prompt + count]
         return self.prompt_token_ids[start:] + self.output_token_ids[: start + count - num_prompt]
+
+    @property
+    def num_seats(self) -> int:
+        """Running sequences this request will occupy (itself and its forks)."""
+        return 1 + len(self.fork_ids)
 
     @property
     def is_finished(self) -> bool:

@@ -12,6 +12,11 @@ Order of one ``schedule()``:
    later with the tokens it generated kept), possibly the request itself.
 2. Waiting requests, first come first served, while ``max_num_seqs``, the token budget and
    free blocks allow, and only if nothing was preempted this step.
+
+A request asking for n > 1 sequences is prefilled once; at the step that samples its first
+token it forks (``update``): full prompt blocks are shared by reference count, the partial
+last block is copied, and each sequence continues as its own request. It is admitted only
+with seats for all n sequences, and its sampling step only with a spare block per fork.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections import deque
 
 from .block_manager import BlockManager
 from .config import SchedulerConfig
-from .output import ScheduledRequest, SchedulerOutput
+from .output import ScheduledRequest, SchedulerOutput, StepUpdate
 from .request import FinishReason, Request, RequestStatus
 
 
@@ -47,12 +52,18 @@ class Scheduler:
         return bool(self.requests)
 
     def add(self, request: Request) -> None:
-        if request.request_id in self.requests:
-            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        taken = [rid for rid in (request.request_id, *request.fork_ids) if rid in self.requests]
+        if taken:
+            raise ValueError(f"request_id {taken[0]!r} is already in use")
         if request.num_tokens > self.config.max_model_len:
             raise ValueError(
                 f"request {request.request_id!r} has {request.num_tokens} tokens, more than "
                 f"max_model_len={self.config.max_model_len}"
+            )
+        if request.num_seats > self.config.max_num_seqs:
+            raise ValueError(
+                f"request {request.request_id!r} asks for {request.num_seats} sequences, more than "
+                f"max_num_seqs={self.config.max_num_seqs}"
             )
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
@@ -78,11 +89,13 @@ class Scheduler:
                 budget -= num_new
                 index += 1
 
-        while self.waiting and not preempted and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        seats_taken = sum(r.num_seats for r in self.running)
+        while self.waiting and not preempted and budget > 0:
             request = self.waiting[0]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._allocate(request, num_new):
+            if seats_taken + request.num_seats > self.config.max_num_seqs or not self._allocate(request, num_new):
                 break
+            seats_taken += request.num_seats
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
@@ -91,9 +104,12 @@ class Scheduler:
 
         return SchedulerOutput(scheduled=scheduled, preempted_ids=preempted)
 
-    def update(self, output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Request]:
-        """Advance the step's requests, append sampled tokens, finish those that stop. Returns the finished."""
-        finished = []
+    def update(self, output: SchedulerOutput, sampled_token_ids: dict[str, list[int]]) -> StepUpdate:
+        """Advance the step's requests, append sampled tokens (forking where n > 1), finish those that stop.
+
+        ``sampled_token_ids[request_id]`` holds ``num_samples`` tokens for each sampling request.
+        """
+        result = StepUpdate()
         for item in output.scheduled:
             request = self.requests.get(item.request_id)
             if request is None:  # aborted while the step ran
@@ -101,13 +117,17 @@ class Scheduler:
             request.num_computed_tokens += item.num_tokens
             if not item.sample:
                 continue
-            token_id = sampled_token_ids[item.request_id]
-            request.output_token_ids.append(token_id)
-            reason, stop_reason = self._stop_reason(request, token_id)
-            if reason is not None:
-                self._finish(request, reason, stop_reason)
-                finished.append(request)
-        return finished
+            first, *rest = sampled_token_ids[item.request_id]
+            sequences = [request]
+            if request.fork_ids:
+                sequences += self._fork(request, rest, result)
+            request.output_token_ids.append(first)
+            for sequence in sequences:
+                reason, stop_reason = self._stop_reason(sequence, sequence.output_token_ids[-1])
+                if reason is not None:
+                    self._finish(sequence, reason, stop_reason)
+                    result.finished.append(sequence)
+        return result
 
     def finish(self, request_id: str, reason: FinishReason, stop_reason: int | str | None = None) -> Request | None:
         """End a request from outside the step (a stop string, an abort). Unknown ids are ignored."""
@@ -120,7 +140,10 @@ class Scheduler:
         return self.finish(request_id, FinishReason.ABORT)
 
     def _allocate(self, request: Request, num_new: int) -> bool:
-        return self.block_manager.allocate_slots(request.request_id, request.num_computed_tokens + num_new)
+        seq_len = request.num_computed_tokens + num_new
+        forks_now = request.fork_ids and seq_len == request.num_tokens
+        spare = len(request.fork_ids) if forks_now and seq_len % self.config.block_size else 0
+        return self.block_manager.allocate_slots(request.request_id, seq_len, num_spare_blocks=spare)
 
     def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
         start = request.num_computed_tokens
@@ -129,8 +152,26 @@ class Scheduler:
             token_ids=request.token_ids_from(start, num_new),
             start_pos=start,
             block_table=self.block_manager.block_table(request.request_id),
-            sample=start + num_new == request.num_tokens,
+            num_samples=request.num_seats if start + num_new == request.num_tokens else 0,
         )
+
+    def _fork(self, parent: Request, first_tokens: list[int], result: StepUpdate) -> list[Request]:
+        children = []
+        for child_id, token_id in zip(parent.fork_ids, first_tokens, strict=True):
+            child = Request(
+                child_id, parent.prompt_token_ids, parent.stop, arrival_time=parent.arrival_time,
+                output_token_ids=[*parent.output_token_ids, token_id],
+                num_computed_tokens=parent.num_computed_tokens, status=RequestStatus.RUNNING,
+            )
+            copy = self.block_manager.fork(parent.request_id, child_id, parent.num_computed_tokens)
+            if copy is not None:
+                result.block_copies.append(copy)
+            self.requests[child_id] = child
+            self.running.append(child)
+            children.append(child)
+        parent.fork_ids = []
+        result.forked.extend(children)
+        return children
 
     def _preempt(self, request: Request) -> None:
         self.block_manager.free(request.request_id)

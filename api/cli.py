@@ -20,6 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=-1)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--stop", action="append", default=None, help="a stop string (repeat for several)")
     _add_engine_flags(gen)
     return parser
 
@@ -45,7 +50,9 @@ def run_generate(args: argparse.Namespace) -> int:
     from engine import EngineConfig, LLMEngine, SamplingParams
 
     engine = LLMEngine(EngineConfig.from_kwargs(args.model, **_engine_kwargs(args)))
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                            top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                            repetition_penalty=args.repetition_penalty, stop=args.stop)
     if args.chat:
         text, token_ids = engine.input_processor.process_chat([{"role": "user", "content": args.prompt}])
         engine.add_request("cli", text, params, prompt_token_ids=token_ids)

@@ -1,4 +1,8 @@
-"""The ``engine`` command: ``engine generate PROMPT`` streams text from a model (the default one if none given)."""
+"""The ``engine`` command.
+
+``engine generate PROMPT`` streams text from a model (the default one if none given);
+``engine serve [MODEL]`` serves it over HTTP (OpenAI API and Open Inference Protocol).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeat for several)")
     _add_engine_flags(gen)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI API and the Open Inference Protocol over HTTP")
+    serve.add_argument("model", nargs="?", default=None, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 and /v2")
+    serve.add_argument("--allowed-origins", nargs="*", default=[], help="CORS origins ('*' for any)")
+    serve.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    serve.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--graceful-shutdown-timeout", type=float, default=10.0,
+                       help="seconds in-flight requests get to finish on shutdown before they are aborted")
+    serve.add_argument("--log-level", default="info")
+    _add_engine_flags(serve)
     return parser
 
 
@@ -76,11 +95,31 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine import AsyncLLMEngine, EngineConfig
+
+    from .app import ServerOptions, build_app
+
+    config = EngineConfig.from_kwargs(args.model, **_engine_kwargs(args), seed=args.seed,
+                                      enable_prefix_caching=args.enable_prefix_caching)
+    engine = AsyncLLMEngine.from_config(config)
+    name = args.served_model_name or engine.engine.model_name
+    if "/" in name:
+        raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
+    options = ServerOptions(served_model_name=name, api_key=args.api_key, allowed_origins=args.allowed_origins,
+                            allow_credentials=args.allow_credentials, max_n=config.max_num_seqs)
+    uvicorn.run(build_app(engine, options), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.graceful_shutdown_timeout)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": run_generate}[args.command](args)
+        return {"generate": run_generate, "serve": run_serve}[args.command](args)
     except ValueError as err:
         print(f"engine: error: {err}", file=sys.stderr)
         return 2

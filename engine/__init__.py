@@ -5,6 +5,7 @@
 
 import logging
 
+from .async_engine import AsyncLLMEngine, EngineDeadError
 from .config import EngineConfig
 from .llm import LLM, InvalidPromptError
 from .llm_engine import LLMEngine
@@ -14,6 +15,8 @@ from .sampling_params import SamplingParams
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "AsyncLLMEngine",
+    "EngineDeadError",
     "CompletionOutput",
     "EngineConfig",
     "InvalidPromptError",

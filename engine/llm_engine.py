@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +29,25 @@ from .tokenizer import load_tokenizer
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated request, ready for ``add_prepared`` (possibly on the engine's own thread)."""
+
+    request: Request
+    state: RequestState
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_used_blocks: int
+    num_total_blocks: int
+    num_preemptions: int
+    num_prefill_tokens: int  # tokens run through the model as prompt (or recompute) chunks, all time
+    num_generated_tokens: int  # tokens sampled, all time
 
 
 class LLMEngine:
@@ -65,6 +85,8 @@ class LLMEngine:
         self.input_processor = InputProcessor(self.tokenizer, max_model_len, spec.vocab_size)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_id)
         self.sampler = Sampler(config.seed, device)
+        self._num_prefill_tokens = 0
+        self._num_generated_tokens = 0
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     prompt_token_ids: list[int] | None = None) -> None:
@@ -72,6 +94,11 @@ class LLMEngine:
 
         ``prompt_token_ids`` skips tokenization (chat passes what its template produced).
         """
+        self.add_prepared(self.prepare_request(request_id, prompt, params, prompt_token_ids))
+
+    def prepare_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                        prompt_token_ids: list[int] | None = None) -> PreparedRequest:
+        """Tokenize and validate, touching no engine state: safe to call from another thread."""
         if prompt_token_ids is None:
             text, prompt_token_ids = self.input_processor.process(prompt)
         else:
@@ -79,6 +106,8 @@ class LLMEngine:
         bad_bias = [t for t in (params.logit_bias or {}) if t >= self.vocab_size]
         if bad_bias:
             raise ValueError(f"logit_bias names token {bad_bias[0]}, outside the vocabulary [0, {self.vocab_size})")
+        if params.n > self.config.max_num_seqs:
+            raise ValueError(f"n={params.n} is more than max_num_seqs={self.config.max_num_seqs}")
         stop = StopConditions(
             max_tokens=params.max_tokens,
             min_tokens=params.min_tokens,
@@ -89,12 +118,15 @@ class LLMEngine:
         now = time.monotonic()
         forks = [fork_id(request_id, index) for index in range(1, params.n)]
         request = Request(request_id, prompt_token_ids, stop, arrival_time=now, fork_ids=forks)
-        self.scheduler.add(request)
         generators = [None] * params.n
         if params.seed is not None:  # sequence i of a seeded request draws from seed + i
             generators = [torch.Generator(device=self.runtime.device).manual_seed(params.seed + i) for i in range(params.n)]
         state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators)
-        self.output_processor.add(state, request)
+        return PreparedRequest(request, state)
+
+    def add_prepared(self, prepared: PreparedRequest) -> None:
+        self.scheduler.add(prepared.request)
+        self.output_processor.add(prepared.state, prepared.request)
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and return an output for every request that got a token."""
@@ -110,6 +142,8 @@ class LLMEngine:
         for seq_id, count in result.sampled:
             token_ids[seq_id] = sample.token_ids[row : row + count]
             row += count
+        self._num_prefill_tokens += sum(item.num_tokens for item in scheduled.scheduled if item.num_tokens > 1)
+        self._num_generated_tokens += len(sample.token_ids)
         update = self.scheduler.update(scheduled, token_ids)
         self.runner.copy_blocks(update.block_copies)
         self.output_processor.add_forks(update.forked)
@@ -129,6 +163,12 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        manager = self.scheduler.block_manager
+        return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, manager.num_used_blocks,
+                           manager.num_total_blocks, self.scheduler.num_preemptions,
+                           self._num_prefill_tokens, self._num_generated_tokens)
 
     def check_invariants(self) -> None:
         self.scheduler.block_manager.check_invariants()

@@ -1,0 +1,81 @@
+"""``build_app(engine, ...)``: one FastAPI app serving the OpenAI API and the Open Inference Protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+
+from engine import AsyncLLMEngine
+
+from .errors import APIError, error_response, install_error_handlers
+from .metrics import EngineMetrics
+
+logger = logging.getLogger(__name__)
+
+# Probes and scrapers call these without credentials.
+OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready", "/metrics")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    served_model_name: str
+    api_key: str | None = None
+    allowed_origins: list[str] = field(default_factory=list)
+    allow_credentials: bool = False
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    max_n: int = 128
+
+
+def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
+    from .oip.routes import build_router as build_oip_router
+    from .openai.routes import build_router as build_openai_router
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        logger.info("serving %s", options.served_model_name)
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    app = FastAPI(title="engine", lifespan=lifespan)
+    install_error_handlers(app)
+    metrics = EngineMetrics(engine, options.served_model_name)
+
+    if options.api_key:
+        expected = f"Bearer {options.api_key}".encode()
+
+        @app.middleware("http")
+        async def require_api_key(request: Request, call_next):
+            path = request.url.path
+            if request.method != "OPTIONS" and path not in OPEN_PATHS:
+                given = request.headers.get("authorization", "").encode()
+                if not secrets.compare_digest(given, expected):
+                    return error_response(path, APIError("invalid or missing API key", status=401))
+            return await call_next(request)
+
+    if options.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=options.allowed_origins, allow_credentials=options.allow_credentials,
+            allow_methods=options.allowed_methods, allow_headers=options.allowed_headers,
+        )
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if engine.is_running else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(build_openai_router(engine, options))
+    app.include_router(build_oip_router(engine, options))
+    return app

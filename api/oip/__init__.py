@@ -1,0 +1,1 @@
+"""KServe Open Inference Protocol v2 with Triton's generate extension."""

@@ -1,0 +1,7 @@
+"""OIP routes (to be written)."""
+
+from fastapi import APIRouter
+
+
+def build_router(engine, options) -> APIRouter:
+    return APIRouter()

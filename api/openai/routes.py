@@ -1,0 +1,7 @@
+"""OpenAI routes (being written)."""
+
+from fastapi import APIRouter
+
+
+def build_router(engine, options) -> APIRouter:
+    return APIRouter()

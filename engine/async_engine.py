@@ -1,0 +1,194 @@
+"""``AsyncLLMEngine``: the engine stepping in a background thread, serving many asyncio callers.
+
+One thread owns the ``LLMEngine`` (the single writer of scheduler and cache state). Callers
+validate and tokenize on their own side (``prepare_request``), then hand requests and aborts
+to the thread through an inbox that it drains before every step, so an abort frees its blocks
+within one step. Each step's outputs go back to the event loop in one call and are routed to
+per-request queues. The model forward releases the GIL, so the event loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import AsyncIterator, Callable
+
+from .config import EngineConfig
+from .input_processor import PromptType
+from .llm_engine import EngineStats, LLMEngine, PreparedRequest
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+OutputListener = Callable[[RequestOutput], None]
+STATS_LOG_INTERVAL_S = 10.0
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop has stopped; no request can be served."""
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._inbox: list[tuple[str, object]] = []
+        self._wakeup = threading.Condition()
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._listeners: list[OutputListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
+        return cls(LLMEngine(config))
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.runtime.max_model_len
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def add_output_listener(self, listener: OutputListener) -> None:
+        """Called on the event loop for every output of every request (metrics, logs)."""
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        """Start the step thread; outputs are delivered on the running event loop."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Abort what is still in flight and stop the thread."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def generate(
+        self,
+        prompt: PromptType,
+        sampling_params: SamplingParams,
+        request_id: str,
+        prompt_token_ids: list[int] | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Outputs of one request as it progresses (cumulative text); the last has ``finished``.
+
+        Raises ``ValueError`` before the first output for an invalid request. Leaving the
+        iteration early (a client gone, a cancelled task) aborts the request.
+        """
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running")
+        if request_id in self._streams:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        prepared = self.engine.prepare_request(request_id, prompt, sampling_params, prompt_token_ids)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = queue
+        self._submit("add", prepared)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop the request and free its KV blocks at the start of the next step."""
+        self._submit("abort", request_id)
+
+    def _submit(self, kind: str, payload: object) -> None:
+        with self._wakeup:
+            self._inbox.append((kind, payload))
+            self._wakeup.notify()
+
+    # ---- the engine thread ----
+
+    def _run(self) -> None:
+        last_log, last_stats = time.monotonic(), self.engine.stats()
+        while True:
+            with self._wakeup:
+                while not self._inbox and not self._stopping and not self.engine.has_unfinished_requests():
+                    self._wakeup.wait()
+                commands, self._inbox = self._inbox, []
+                stopping = self._stopping
+            self._apply(commands)
+            if stopping:
+                self._abort_all(EngineDeadError("the server is shutting down"))
+                return
+            if self.engine.has_unfinished_requests():
+                try:
+                    outputs = self.engine.step()
+                except Exception as err:  # a bug or a device fault: fail the requests in flight, keep serving
+                    logger.exception("engine step failed; aborting the requests in flight")
+                    self._abort_all(err)
+                    continue
+                self._loop.call_soon_threadsafe(self._dispatch, outputs)
+            if time.monotonic() - last_log > STATS_LOG_INTERVAL_S:
+                stats = self.engine.stats()
+                _log_stats(last_stats, stats, time.monotonic() - last_log)
+                last_log, last_stats = time.monotonic(), stats
+
+    def _apply(self, commands: list[tuple[str, object]]) -> None:
+        for kind, payload in commands:
+            if kind == "add":
+                prepared: PreparedRequest = payload
+                try:
+                    self.engine.add_prepared(prepared)
+                except ValueError as err:
+                    self._loop.call_soon_threadsafe(self._fail, prepared.state.request_id, err)
+            elif (output := self.engine.abort(payload)) is not None:
+                logger.info("aborted request %s", payload)
+                self._loop.call_soon_threadsafe(self._dispatch, [output])  # listeners see the end
+
+    def _abort_all(self, error: BaseException) -> None:
+        for request_id in list(self.engine.output_processor.requests):
+            self.engine.abort(request_id)
+            self._loop.call_soon_threadsafe(self._fail, request_id, error)
+
+    # ---- back on the event loop ----
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            for listener in self._listeners:
+                listener(output)
+            queue = self._streams.get(output.request_id)
+            if queue is not None:
+                queue.put_nowait(output)
+
+    def _fail(self, request_id: str, error: BaseException) -> None:
+        queue = self._streams.get(request_id)
+        if queue is not None:
+            queue.put_nowait(error)
+
+
+def _log_stats(before: EngineStats, now: EngineStats, elapsed: float) -> None:
+    logger.info(
+        "prefill %.1f tokens/s, generation %.1f tokens/s, running %d, waiting %d, KV cache %.1f%% of %d blocks",
+        (now.num_prefill_tokens - before.num_prefill_tokens) / elapsed,
+        (now.num_generated_tokens - before.num_generated_tokens) / elapsed,
+        now.num_running, now.num_waiting, 100.0 * now.num_used_blocks / now.num_total_blocks, now.num_total_blocks,
+    )

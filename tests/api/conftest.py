@@ -1,0 +1,89 @@
+"""A real ``engine serve`` process on 127.0.0.1 for the API tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+STARTUP_TIMEOUT_S = 180
+
+
+@dataclass
+class Server:
+    url: str
+    model: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_path: Path, log_path: Path, *extra: str) -> Server:
+    """Start the server and return once /health answers 200 (or fail with its log)."""
+    port = _free_port()
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", str(model_path), "--host", "127.0.0.1", "--port", str(port), *extra],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                name = "--served-model-name"
+                served = extra[extra.index(name) + 1] if name in extra else model_path.name
+                return Server(url, served, process, log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling for readiness, bounded by the deadline
+    process.kill()
+    raise RuntimeError(f"server did not become healthy in {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(default_model, tmp_path_factory):
+    """The default model served as 'smollm2' with a small context, shared by the API tests."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    srv = start_server(default_model, log_path, "--served-model-name", "smollm2", "--max-model-len", "512",
+                       "--max-num-seqs", "64")
+    yield srv
+    stop_server(srv)
+
+
+def metric(server: Server, name: str) -> float:
+    """The value of one sample from /metrics (summed over label sets)."""
+    text = httpx.get(f"{server.url}/metrics").text
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    if not found:
+        raise KeyError(f"{name} not in /metrics")
+    return total

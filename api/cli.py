@@ -73,7 +73,7 @@ def run_generate(args: argparse.Namespace) -> int:
                             top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                             repetition_penalty=args.repetition_penalty, stop=args.stop)
     if args.chat:
-        text, token_ids = engine.input_processor.process_chat([{"role": "user", "content": args.prompt}])
+        text, token_ids = engine.input_processor.render_chat([{"role": "user", "content": args.prompt}])
         engine.add_request("cli", text, params, prompt_token_ids=token_ids)
     else:
         engine.add_request("cli", args.prompt, params)

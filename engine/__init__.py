@@ -10,7 +10,7 @@ from .config import EngineConfig
 from .llm import LLM, InvalidPromptError
 from .llm_engine import LLMEngine
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput
-from .sampling_params import SamplingParams
+from .sampling_params import InvalidSamplingParam, SamplingParams
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -20,6 +20,7 @@ __all__ = [
     "CompletionOutput",
     "EngineConfig",
     "InvalidPromptError",
+    "InvalidSamplingParam",
     "LLM",
     "LLMEngine",
     "RequestMetrics",

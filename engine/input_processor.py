@@ -22,13 +22,17 @@ class InputProcessor:
             text, token_ids = prompt, self.tokenizer.encode(prompt)
         elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
             text, token_ids = prompt.get("prompt"), list(prompt["prompt_token_ids"])
-            bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt_token_ids holds {bad[0]!r}, outside the vocabulary [0, {self.vocab_size})")
         elif isinstance(prompt, dict) and "prompt" in prompt:
             text, token_ids = prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
         else:
             raise ValueError(f"a prompt is a string or a dict with 'prompt_token_ids', got {type(prompt).__name__}")
+        self.validate(token_ids)
+        return text, token_ids
+
+    def validate(self, token_ids: list[int]) -> None:
+        bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt_token_ids holds {bad[0]!r}, outside the vocabulary [0, {self.vocab_size})")
         if not token_ids:
             raise ValueError("the prompt is empty: it must hold at least one token")
         if len(token_ids) > self.max_model_len:
@@ -36,9 +40,9 @@ class InputProcessor:
                 f"the prompt has {len(token_ids)} tokens, longer than the model's context "
                 f"max_model_len={self.max_model_len}"
             )
-        return text, token_ids
 
-    def process_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[int]]:
-        text = apply_chat_template(self.tokenizer, messages)
+    def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
+        """The chat template's text and its tokens, not yet length-checked."""
+        text = apply_chat_template(self.tokenizer, messages, **template_kwargs)
         # The template already wrote the special tokens (BOS and the like).
-        return self.process({"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
+        return text, self.tokenizer.encode(text, add_special_tokens=False)

@@ -71,7 +71,7 @@ class LLM:
         items: list[_Item] = []
         for conversation in conversations:
             try:
-                items.append(self.engine.input_processor.process_chat(conversation))
+                items.append(self.engine.input_processor.render_chat(conversation))
             except ValueError as err:  # rejected like a bad prompt: the other conversations still run
                 items.append(err)
         return self._run(items, sampling_params, use_tqdm)

@@ -102,6 +102,7 @@ class LLMEngine:
         if prompt_token_ids is None:
             text, prompt_token_ids = self.input_processor.process(prompt)
         else:
+            self.input_processor.validate(prompt_token_ids)
             text = prompt if isinstance(prompt, str) else None
         bad_bias = [t for t in (params.logit_bias or {}) if t >= self.vocab_size]
         if bad_bias:

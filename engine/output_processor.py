@@ -161,6 +161,8 @@ class OutputProcessor:
         stops = state.params.stop_strings
         if stops and seq.stop_string is None and (match := find_stop(seq.detokenizer.text, stops, before)):
             seq.stop_at, seq.stop_string = match
+            if state.params.include_stop_str_in_output:
+                seq.stop_at += len(seq.stop_string)
             return True
         return False
 

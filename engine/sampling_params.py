@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
 
 
+class InvalidSamplingParam(ValueError):
+    """A ``SamplingParams`` field out of its range; ``field`` names it for API error shapes."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick each next token and when to stop.
@@ -38,31 +46,34 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
 
     def __post_init__(self) -> None:
         _check_int("n", self.n, 1, 128)
         _check_range("temperature", self.temperature, 0.0, None)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k not in (-1, 0)):
-            raise ValueError(f"top_k must be -1 or 0 (disabled) or an integer >= 1, got {self.top_k!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise InvalidSamplingParam("top_p", f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k not in (-1, 0)):
+            raise InvalidSamplingParam("top_k", f"top_k must be -1 or 0 (disabled) or an integer >= 1, got {self.top_k!r}")
         _check_range("min_p", self.min_p, 0.0, 1.0)
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InvalidSamplingParam("seed", f"seed must be an integer or None, got {self.seed!r}")
         _check_int("max_tokens", self.max_tokens, 1, None)
         _check_int("min_tokens", self.min_tokens, 0, self.max_tokens)
         stops = self.stop_strings
         if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}")
+            raise InvalidSamplingParam("stop", f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise InvalidSamplingParam(
+                "stop_token_ids", f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}")
         _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        if not self.repetition_penalty > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if isinstance(self.repetition_penalty, bool) or not isinstance(self.repetition_penalty, (int, float)) \
+                or not self.repetition_penalty > 0.0:
+            raise InvalidSamplingParam("repetition_penalty", f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
         for token, bias in (self.logit_bias or {}).items():
-            if not isinstance(token, int) or token < 0:
-                raise ValueError(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise InvalidSamplingParam("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
             _check_range("logit_bias", bias, -100.0, 100.0)
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
@@ -87,10 +98,10 @@ class SamplingParams:
 def _check_int(name: str, value, low: int, high: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bound = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+        raise InvalidSamplingParam(name, f"{name} must be an integer {bound}, got {value!r}")
 
 
 def _check_range(name: str, value, low: float, high: float | None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low or (high is not None and value > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+        raise InvalidSamplingParam(name, f"{name} must be a number {bound}, got {value!r}")

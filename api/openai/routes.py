@@ -1,7 +1,44 @@
-"""OpenAI routes (being written)."""
+"""Thin FastAPI handlers for the OpenAI API; the work is in the serving classes."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from engine import AsyncLLMEngine
+
+from ..app import ServerOptions
+from ..disconnect import ClientDisconnected
+from .protocol import ChatCompletionRequest, CompletionRequest
+from .serving_chat import OpenAIServingChat
+from .serving_completion import OpenAIServingCompletion
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away; nobody reads it
 
 
-def build_router(engine, options) -> APIRouter:
-    return APIRouter()
+def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
+    router = APIRouter()
+    completions = OpenAIServingCompletion(engine, options)
+    chat = OpenAIServingChat(engine, options)
+
+    @router.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [{
+            "id": options.served_model_name, "object": "model", "created": completions.created(),
+            "owned_by": "engine", "root": options.served_model_name, "max_model_len": engine.max_model_len,
+        }]}
+
+    @router.post("/v1/completions")
+    async def create_completion(body: CompletionRequest, raw: Request):
+        try:
+            return await completions.create(body, raw)
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    @router.post("/v1/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
+        try:
+            return await chat.create(body, raw)
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    return router

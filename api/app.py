@@ -15,6 +15,7 @@ from engine import AsyncLLMEngine
 
 from .errors import APIError, error_response, install_error_handlers
 from .metrics import EngineMetrics
+from .request_log import log_finished_request
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
     app = FastAPI(title="engine", lifespan=lifespan)
     install_error_handlers(app)
     metrics = EngineMetrics(engine, options.served_model_name)
+    engine.add_output_listener(log_finished_request)
 
     if options.api_key:
         expected = f"Bearer {options.api_key}".encode()

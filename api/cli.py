@@ -97,6 +97,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from engine import AsyncLLMEngine, EngineConfig
 
@@ -110,6 +111,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
     options = ServerOptions(served_model_name=name, api_key=args.api_key, allowed_origins=args.allowed_origins,
                             allow_credentials=args.allow_credentials, max_n=config.max_num_seqs)
+    # On SIGTERM let streams run to their end; uvicorn cancels what is left after the timeout,
+    # and cancelled streams abort their requests.
+    AppStatus.disable_automatic_graceful_drain()
     uvicorn.run(build_app(engine, options), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.graceful_shutdown_timeout)
     return 0

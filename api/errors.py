@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine import EngineDeadError
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 503: "server_error"}
 
@@ -63,6 +65,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         return error_response(request.url.path, APIError(str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(EngineDeadError)
+    async def _dead(request: Request, exc: EngineDeadError):
+        return error_response(request.url.path, APIError(str(exc), status=503))
 
     @app.exception_handler(ValueError)
     async def _value(request: Request, exc: ValueError):  # the engine's validation, e.g. a bad sampling value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import httpx
@@ -211,3 +212,37 @@ def test_api_key_is_required_when_set(default_model, tmp_path):
         assert good.completions.create(model=server.model, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
     finally:
         stop_server(server)
+
+
+def test_cors_preflight_is_answered_for_allowed_origins(default_model, tmp_path):
+    server = start_server(default_model, tmp_path / "cors.log", "--allowed-origins", "http://app.example",
+                          "--max-model-len", "128")
+    try:
+        answer = httpx.options(f"{server.url}/v1/completions", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST"})
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "http://app.example"
+        other = httpx.options(f"{server.url}/v1/completions", headers={
+            "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        stop_server(server)
+
+
+def test_sigterm_lets_in_flight_streams_finish(default_model, tmp_path):
+    server = start_server(default_model, tmp_path / "shutdown.log", "--max-model-len", "128")
+    body = {"prompt": "Story:", "max_tokens": 40, "stream": True, "ignore_eos": True}
+    events = []
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as answer:
+        for line in answer.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            events.append(line[5:].strip())
+            if len(events) == 1:
+                server.process.terminate()
+    # uvicorn re-raises the signal once it has shut down cleanly.
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and len(chunks) == 40
+    assert "Traceback" not in server.log()

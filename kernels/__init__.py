@@ -16,12 +16,13 @@ versions in ``kernels.reference`` are the CPU path and the test oracle.
 from . import reference
 from .dispatch import dispatch
 
-store_kv = dispatch(reference.store_kv)
-paged_attention_decode = dispatch(reference.paged_attention_decode)
-paged_attention_prefill = dispatch(reference.paged_attention_prefill)
-rms_norm = dispatch(reference.rms_norm)
-rotary_embedding = dispatch(reference.rotary_embedding)
-silu_and_mul = dispatch(reference.silu_and_mul)
+_T = "kernels.triton."
+store_kv = dispatch(reference.store_kv, _T + "cache_ops:store_kv_triton")
+paged_attention_decode = dispatch(reference.paged_attention_decode, _T + "paged_attention:paged_attention_decode_triton")
+paged_attention_prefill = dispatch(reference.paged_attention_prefill, _T + "paged_attention:paged_attention_prefill_triton")
+rms_norm = dispatch(reference.rms_norm, _T + "elementwise:rms_norm_triton")
+rotary_embedding = dispatch(reference.rotary_embedding, _T + "elementwise:rotary_embedding_triton")
+silu_and_mul = dispatch(reference.silu_and_mul, _T + "elementwise:silu_and_mul_triton")
 
 __all__ = [
     "paged_attention_decode",

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton kernels run under the interpreter where there is no GPU; it must be chosen before the
+# first kernel is defined (kernels.dispatch imports the Triton modules lazily, after this).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from engine.loader.resolve import default_model_folder
 

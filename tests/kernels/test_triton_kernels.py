@@ -1,0 +1,186 @@
+"""Every Triton kernel against its torch reference, on fresh random inputs with shapes from hypothesis.
+
+On a CPU the kernels run in Triton's interpreter (small shapes); on CUDA natively. Output
+buffers are poisoned with NaN before each run and never-written cache slots hold NaN, so a
+kernel that skips an element or reads past a sequence's end fails. Errors are relative norms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import reference
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# The interpreter computes with numpy, which has no bfloat16: bf16 runs on CUDA only.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+# Relative-norm tolerances: fp32 differs by summation order only; fp16 carries 11 mantissa bits
+# into fp32 accumulators; bf16 8 bits.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+EXAMPLES = 12 if DEVICE.type == "cpu" else 60
+
+TESTED_OPS = {"store_kv", "paged_attention_decode", "paged_attention_prefill", "rms_norm", "rotary_embedding",
+              "silu_and_mul"}
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-12))
+
+
+def nan_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+def test_every_exported_kernel_is_tested_here():
+    assert set(kernels.__all__) == TESTED_OPS
+
+
+def paged_cache(seq_lens, block_size, num_kv_heads, head_dim, dtype, gen):
+    """NaN-poisoned caches with each sequence's K/V in shuffled blocks, and its -1-padded block table."""
+    blocks = [math.ceil(n / block_size) for n in seq_lens]
+    num_blocks = sum(blocks) + 3
+    k_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    table = torch.full((len(seq_lens), max(blocks) + 1), -1, dtype=torch.int32)
+    for i, n in enumerate(seq_lens):
+        ids = [order.pop() for _ in range(blocks[i])]
+        table[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        slots = torch.tensor([ids[p // block_size] * block_size + p % block_size for p in range(n)], device=DEVICE)
+        k = torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype).to(DEVICE)
+        v = torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype).to(DEVICE)
+        reference.store_kv(k, v, k_cache, v_cache, slots)
+    return k_cache, v_cache, table.to(DEVICE)
+
+
+attention_shapes = st.fixed_dictionaries({
+    "block_size": st.sampled_from([8, 16, 32, 128]),
+    "num_kv_heads": st.sampled_from([1, 2]),
+    "group": st.sampled_from([1, 4, 8]),
+    "head_dim": st.sampled_from([16, 40, 64]),
+    "dtype": st.sampled_from(DTYPES),
+    "seed": st.integers(0, 2**16),
+})
+
+
+def seq_lengths(block_size_key="block_size"):
+    # Ragged lengths, including 1 and exact multiples of a block.
+    return st.lists(st.one_of(st.integers(1, 70), st.sampled_from([1, 8, 16, 32, 64])), min_size=1, max_size=4)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(shape=attention_shapes, seq_lens=seq_lengths(), split_tokens=st.sampled_from([None, 32, 64]))
+def test_paged_attention_decode(shape, seq_lens, split_tokens):
+    gen = torch.Generator().manual_seed(shape["seed"])
+    dtype, head_dim = shape["dtype"], shape["head_dim"]
+    k_cache, v_cache, table = paged_cache(seq_lens, shape["block_size"], shape["num_kv_heads"], head_dim, dtype, gen)
+    heads = shape["num_kv_heads"] * shape["group"]
+    q = torch.randn(len(seq_lens), heads, head_dim, generator=gen).to(dtype).to(DEVICE)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    out = nan_like(q)
+    kernels.paged_attention_decode.triton(q, k_cache, v_cache, table, lens, head_dim**-0.5, split_tokens=split_tokens,
+                                          out=out)
+    want = kernels.paged_attention_decode.reference(q.float(), k_cache.float(), v_cache.float(), table, lens,
+                                                    head_dim**-0.5)
+    assert relative_error(out, want) < TOLERANCE[dtype]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(shape=attention_shapes, seq_lens=seq_lengths(), data=st.data())
+def test_paged_attention_prefill(shape, seq_lens, data):
+    gen = torch.Generator().manual_seed(shape["seed"])
+    dtype, head_dim = shape["dtype"], shape["head_dim"]
+    # q_len == seq_len is a plain prefill; shorter attends a cached prefix or an earlier chunk.
+    q_lens = [data.draw(st.integers(1, n)) for n in seq_lens]
+    k_cache, v_cache, table = paged_cache(seq_lens, shape["block_size"], shape["num_kv_heads"], head_dim, dtype, gen)
+    heads = shape["num_kv_heads"] * shape["group"]
+    q = torch.randn(sum(q_lens), heads, head_dim, generator=gen).to(dtype).to(DEVICE)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    out = nan_like(q)
+    kernels.paged_attention_prefill.triton(q, k_cache, v_cache, table, cu, lens, head_dim**-0.5, out=out)
+    want = kernels.paged_attention_prefill.reference(q.float(), k_cache.float(), v_cache.float(), table, cu, lens,
+                                                     head_dim**-0.5)
+    assert relative_error(out, want) < TOLERANCE[dtype]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(num_tokens=st.integers(1, 20), num_kv_heads=st.sampled_from([1, 2, 8]), head_dim=st.sampled_from([16, 40, 64]),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_store_kv_writes_only_its_slots(num_tokens, num_kv_heads, head_dim, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    block_size, num_blocks = 16, 4
+    num_slots = block_size * num_blocks
+    slots = torch.randperm(num_slots, generator=gen)[:num_tokens]
+    slots[torch.rand(num_tokens, generator=gen) < 0.3] = -1  # padding tokens
+    k = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(DEVICE)
+    v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(DEVICE)
+    caches = [torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+              for _ in range(4)]
+    kernels.store_kv.triton(k, v, caches[0], caches[1], slots.to(DEVICE))
+    kernels.store_kv.reference(k, v, caches[2], caches[3], slots.to(DEVICE))
+    assert torch.equal(caches[0].nan_to_num(7.0), caches[2].nan_to_num(7.0))  # the same slots, the same bits
+    assert torch.equal(caches[1].nan_to_num(7.0), caches[3].nan_to_num(7.0))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(rows=st.integers(1, 9), hidden=st.sampled_from([16, 48, 576]), with_residual=st.booleans(),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_rms_norm(rows, hidden, with_residual, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, weight, residual = (torch.randn(*shape, generator=gen).to(dtype).to(DEVICE)
+                           for shape in ((rows, hidden), (hidden,), (rows, hidden)))
+    residual = residual if with_residual else None
+    buffers = tuple(nan_like(x) for _ in range(1 + with_residual))
+    got = kernels.rms_norm.triton(x, weight, 1e-6, residual, out=buffers)
+    want = kernels.rms_norm.reference(x, weight, 1e-6, residual)
+    got, want = (got, want) if with_residual else ((got,), (want,))
+    for g, w in zip(got, want):
+        assert relative_error(g, w) < TOLERANCE[dtype]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(num_tokens=st.integers(1, 9), heads=st.sampled_from([(4, 2), (8, 1)]), head_dim=st.sampled_from([16, 64]),
+       rotary_fraction=st.sampled_from([1.0, 0.5]), is_neox=st.booleans(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**16))
+def test_rotary_embedding(num_tokens, heads, head_dim, rotary_fraction, is_neox, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    rotary_dim = int(head_dim * rotary_fraction)
+    angles = torch.rand(64, rotary_dim // 2, generator=gen) * 6.28
+    cache = torch.cat((angles.cos(), angles.sin()), dim=-1).to(DEVICE)
+    positions = torch.randint(0, 64, (num_tokens,), generator=gen).to(DEVICE)
+    q = torch.randn(num_tokens, heads[0], head_dim, generator=gen).to(dtype).to(DEVICE)
+    k = torch.randn(num_tokens, heads[1], head_dim, generator=gen).to(dtype).to(DEVICE)
+    got = kernels.rotary_embedding.triton(positions, q, k, cache, is_neox, out=(nan_like(q), nan_like(k)))
+    want = kernels.rotary_embedding.reference(positions, q, k, cache, is_neox)
+    for g, w in zip(got, want):
+        assert relative_error(g, w) < TOLERANCE[dtype]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(rows=st.integers(1, 9), d=st.sampled_from([8, 24, 1536]), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**16))
+def test_silu_and_mul(rows, d, dtype, seed):
+    x = torch.randn(rows, 2 * d, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE)
+    out = torch.full((rows, d), float("nan"), dtype=dtype, device=DEVICE)
+    got = kernels.silu_and_mul.triton(x, out=out)
+    assert relative_error(got, kernels.silu_and_mul.reference(x)) < TOLERANCE[dtype]
+
+
+def test_the_dispatcher_follows_engine_kernels(monkeypatch):
+    from kernels.dispatch import dispatch
+
+    op = dispatch(torch.abs, "torch:neg")  # stand-ins: "reference" abs, "Triton" neg
+    x = torch.tensor([-2.0, 3.0])
+    for choice, want in (("torch", [2.0, 3.0]), ("triton", [2.0, -3.0]), ("auto", [2.0, 3.0])):
+        monkeypatch.setenv("ENGINE_KERNELS", choice)
+        assert op(x).tolist() == want, choice  # auto: CPU tensors take the reference
+    monkeypatch.setenv("ENGINE_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="ENGINE_KERNELS"):
+        op(x)

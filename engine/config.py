@@ -35,6 +35,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     kv_cache_memory_gb: float | None = None
     num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False  # on CUDA: no CUDA graphs for decode steps
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineConfig":
@@ -55,6 +57,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_memory_gb is not None and self.kv_cache_memory_gb <= 0:
             raise ValueError(f"kv_cache_memory_gb must be positive, got {self.kv_cache_memory_gb}")
         if self.tensor_parallel_size != 1:

@@ -11,11 +11,17 @@ def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_di
     return 2 * num_layers * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def num_blocks_for_memory(memory_gb: float | None, block_bytes: int, device: torch.device) -> int:
-    """On CPU: ``kv_cache_memory_gb`` (default a few GiB). On CUDA: that, or 85% of the free memory."""
+def num_blocks_for_memory(memory_gb: float | None, block_bytes: int, device: torch.device,
+                          gpu_memory_utilization: float = 0.9, activation_bytes: int = 0) -> int:
+    """On CPU: ``kv_cache_memory_gb`` (default a few GiB).
+
+    On CUDA without an explicit size: what is left of ``gpu_memory_utilization`` of the card
+    once the weights are loaded, minus the step's activations (``activation_bytes``).
+    """
     if memory_gb is None and device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.85) // block_bytes
+        free, total = torch.cuda.mem_get_info(device)
+        budget = total * gpu_memory_utilization - (total - free) - activation_bytes
+        return max(0, int(budget)) // block_bytes
     budget = (memory_gb if memory_gb is not None else DEFAULT_CPU_KV_CACHE_GB) * 2**30
     return int(budget) // block_bytes
 

@@ -65,8 +65,11 @@ class LLMEngine:
         self.runner = ModelRunner(source, hf_config, device, dtype)
         spec = self.runner.model.spec
         block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.num_kv_heads, spec.head_dim, dtype)
-        num_blocks = config.num_kv_blocks or num_blocks_for_memory(config.kv_cache_memory_gb, block_bytes, device)
         max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
+        num_blocks = config.num_kv_blocks or num_blocks_for_memory(
+            config.kv_cache_memory_gb, block_bytes, device, config.gpu_memory_utilization,
+            activation_bytes=_activation_bytes(spec, max_num_batched_tokens, config.max_num_seqs),
+        )
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -76,6 +79,8 @@ class LLMEngine:
             enable_prefix_caching=config.enable_prefix_caching,
         ))
         self.runner.allocate_kv_cache(num_blocks, config.block_size)
+        if device.type == "cuda" and not config.enforce_eager:
+            self.runner.capture_decode_graphs(config.max_num_seqs, max_model_len)
         self.runtime = RuntimeInfo(device, dtype, max_model_len, max_num_batched_tokens, num_blocks,
                                    num_blocks * block_bytes)
         logger.info("loaded %s in %.1f s: %s", source.name, time.monotonic() - started, self.runtime.describe())
@@ -173,6 +178,13 @@ class LLMEngine:
 
     def check_invariants(self) -> None:
         self.scheduler.block_manager.check_invariants()
+
+
+def _activation_bytes(spec, max_num_batched_tokens: int, max_num_seqs: int) -> int:
+    """A generous bound on one step's activations: a few fp32 copies of the widest layer per token,
+    plus fp32 logits and sampling work for every sequence."""
+    widest = max(spec.hidden_size, 2 * spec.intermediate_size, (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim)
+    return 4 * (8 * max_num_batched_tokens * widest + 4 * max_num_seqs * spec.vocab_size)
 
 
 def _max_model_len(config: EngineConfig, hf_config) -> int:

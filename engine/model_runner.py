@@ -9,6 +9,7 @@ import torch
 
 from scheduler import SchedulerOutput
 
+from .cuda_graphs import DecodeGraphs
 from .forward_batch import ForwardBatch
 from .kv_cache import KVCache
 from .loader import ModelSource, iter_weights
@@ -41,16 +42,26 @@ class ModelRunner:
         model.initialize_buffers(device)
         self.model = model.eval()
         self.kv_cache: KVCache | None = None
+        self.decode_graphs: DecodeGraphs | None = None
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         spec = self.model.spec
         self.kv_cache = KVCache(spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
                                 self.dtype, self.device)
 
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """On CUDA: record decode steps as graphs (after the KV cache exists; it is captured by address)."""
+        max_blocks = -(-max_model_len // self.kv_cache.block_size)
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_cache.layers, max_num_seqs, max_blocks, self.device)
+        self.decode_graphs.capture()
+
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput, prompt_logprob_ids: set[str] = frozenset()) -> StepResult:
         batch = ForwardBatch.build(output, self.kv_cache.block_size, self.device)
-        hidden = self.model(batch, self.kv_cache.layers)
+        if self.decode_graphs is not None and not prompt_logprob_ids and self.decode_graphs.can_run(batch):
+            hidden = self.decode_graphs.run(batch)
+        else:
+            hidden = self.model(batch, self.kv_cache.layers)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
         prompt_logits = {}
         for item in output.scheduled:

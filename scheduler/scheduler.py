@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .block_manager import BlockManager
+from .block_manager import BlockManager, cdiv
 from .config import SchedulerConfig
 from .output import ScheduledRequest, SchedulerOutput, StepUpdate
 from .request import FinishReason, Request, RequestStatus
@@ -39,6 +39,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self._num_spare_reserved = 0
 
     @property
     def num_waiting(self) -> int:
@@ -52,7 +53,12 @@ class Scheduler:
         return bool(self.requests)
 
     def add(self, request: Request) -> None:
-        taken = [rid for rid in (request.request_id, *request.fork_ids) if rid in self.requests]
+        ids = (request.request_id, *request.fork_ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"request {request.request_id!r} names a sequence id twice: {list(ids)}")
+        # The fork ids of live requests are taken too: their sequences appear at the fork step.
+        pending = {fork_id for live in self.requests.values() for fork_id in live.fork_ids}
+        taken = [rid for rid in ids if rid in self.requests or rid in pending]
         if taken:
             raise ValueError(f"request_id {taken[0]!r} is already in use")
         if request.num_tokens > self.config.max_model_len:
@@ -65,6 +71,17 @@ class Scheduler:
                 f"request {request.request_id!r} asks for {request.num_seats} sequences, more than "
                 f"max_num_seqs={self.config.max_num_seqs}"
             )
+        if request.fork_ids:
+            # Its fork step holds the prompt's blocks plus a spare block per fork (partial last
+            # block): a pool smaller than that could never schedule it.
+            block_size = self.config.block_size
+            spare = len(request.fork_ids) if request.num_tokens % block_size else 0
+            needed = cdiv(request.num_tokens, block_size) + spare
+            if needed > self.config.num_blocks:
+                raise ValueError(
+                    f"request {request.request_id!r} needs {needed} KV blocks to fork into "
+                    f"{request.num_seats} sequences, more than num_blocks={self.config.num_blocks}"
+                )
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
@@ -73,6 +90,8 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
+        # Spare blocks promised to this step's forks: later allocations must leave them free.
+        self._num_spare_reserved = 0
 
         index = 0
         while index < len(self.running) and budget > 0:
@@ -143,7 +162,11 @@ class Scheduler:
         seq_len = request.num_computed_tokens + num_new
         forks_now = request.fork_ids and seq_len == request.num_tokens
         spare = len(request.fork_ids) if forks_now and seq_len % self.config.block_size else 0
-        return self.block_manager.allocate_slots(request.request_id, seq_len, num_spare_blocks=spare)
+        reserved = self._num_spare_reserved
+        if not self.block_manager.allocate_slots(request.request_id, seq_len, num_spare_blocks=spare + reserved):
+            return False
+        self._num_spare_reserved += spare
+        return True
 
     def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
         start = request.num_computed_tokens

@@ -48,7 +48,7 @@ def step(sched: Scheduler, token: int | dict[str, int] = 1) -> tuple[SchedulerOu
     sampled = {
         s.request_id: token[s.request_id] if isinstance(token, dict) else token for s in out.scheduled if s.sample
     }
-    finished = sched.update(out, sampled)
+    finished = sched.update(out, {rid: [t] for rid, t in sampled.items()}).finished
     sched.block_manager.check_invariants()
     return out, finished
 
@@ -94,7 +94,7 @@ def test_non_final_chunk_update_needs_no_sampled_token():
     sched.add(make_request("a", 12))
     out = sched.schedule()
     assert not out.scheduled[0].sample
-    assert sched.update(out, {}) == []  # nothing to sample: no KeyError
+    assert sched.update(out, {}).finished == []  # nothing to sample: no KeyError
     assert sched.requests["a"].num_computed_tokens == 8
     assert sched.requests["a"].output_token_ids == []
 
@@ -169,7 +169,7 @@ def test_newest_running_request_is_preempted_and_recomputed_with_its_outputs():
     grown = {sched.block_manager.block_table("a")[-1], sched.block_manager.block_table("b")[-1]}
     assert grown == c_blocks
     assert c.output_token_ids == [3]  # generated tokens are kept
-    finished = sched.update(out, {"a": 1, "b": 2})
+    finished = sched.update(out, {"a": [1], "b": [2]}).finished
     assert finished == [a] and a.finish_reason is FinishReason.LENGTH  # max_tokens=2 frees a's 3 blocks
 
     # c comes back first, and recomputes its prompt plus what it had generated, from position 0.
@@ -203,7 +203,7 @@ def test_request_that_cannot_grow_preempts_itself_when_it_is_the_newest():
     assert b.status is RequestStatus.PREEMPTED and sched.waiting[0] is b
     assert sched.block_manager.block_table("b") == []
     assert sched.block_manager.num_free_blocks == 2
-    sched.update(out, {"a": 1})
+    sched.update(out, {"a": [1]})
 
 
 def test_preempted_request_with_long_history_is_recomputed_in_chunks():
@@ -378,7 +378,7 @@ def test_abort_frees_blocks_at_once_and_update_of_its_step_skips_it():
     assert sched.block_manager.num_used_blocks == 2
     sched.block_manager.check_invariants()
 
-    finished = sched.update(out, {"a": 1, "b": 2})  # the engine sampled for a anyway
+    finished = sched.update(out, {"a": [1], "b": [2]}).finished  # the engine sampled for a anyway
     assert finished == []
     assert a.output_token_ids == [] and a.num_computed_tokens == 0
     assert b.output_token_ids == [2] and b.num_computed_tokens == 6
@@ -461,3 +461,190 @@ def test_block_manager_frees_a_table_tail_first_and_allocates_atomically():
     assert bm.allocate_slots("b", 16)
     assert bm.block_table("b") == [3, 2, 1, 0]  # the tail of a's table is reused first
     bm.check_invariants()
+
+
+# --------------------------------------------------------------------------- (j) n > 1: forks
+
+
+def make_forking(rid: str, prompt_len: int, n: int, max_tokens: int = 100, first_token: int = 100) -> Request:
+    request = make_request(rid, prompt_len, max_tokens=max_tokens, first_token=first_token)
+    request.fork_ids = [f"{rid}#{i}" for i in range(1, n)]
+    return request
+
+
+def fork_step(sched: Scheduler, tokens: dict[str, list[int]] | None = None):
+    """One schedule() + update(); a sampling item gets ``tokens[rid]`` (default 1 per sample)."""
+    tokens = tokens or {}
+    out = sched.schedule()
+    sampled = {s.request_id: tokens.get(s.request_id, [1] * s.num_samples) for s in out.scheduled if s.sample}
+    for item in out.scheduled:
+        assert len(sampled.get(item.request_id, ())) == item.num_samples
+    update = sched.update(out, sampled)
+    sched.block_manager.check_invariants()
+    return out, update
+
+
+def test_fork_shares_full_prompt_blocks_copies_the_partial_one_and_frees_all():
+    sched = make_scheduler(block_size=4, num_blocks=16)
+    a = make_forking("a", 10, n=3, max_tokens=3)  # 2 full blocks + a partial one of 2 tokens
+    sched.add(a)
+    bm = sched.block_manager
+
+    out, update = fork_step(sched, {"a": [5, 6, 7]})
+    (item,) = out.scheduled
+    assert item.num_samples == 3 and item.num_tokens == 10
+    parent_table = bm.block_table("a")
+    assert parent_table == item.block_table and len(parent_table) == 3
+    assert [c.request_id for c in update.forked] == ["a#1", "a#2"]
+    c1, c2 = update.forked
+    assert (a.output_token_ids, c1.output_token_ids, c2.output_token_ids) == ([5], [6], [7])
+    for child in (c1, c2):
+        assert child.prompt_token_ids == a.prompt_token_ids
+        assert child.num_computed_tokens == a.num_computed_tokens == 10
+        assert child.status is RequestStatus.RUNNING and sched.requests[child.request_id] is child
+    assert [r.request_id for r in sched.running] == ["a", "a#1", "a#2"]
+    assert a.fork_ids == []
+
+    # Full prompt blocks: one copy, three holders. The partial block: a private copy per child.
+    t1, t2 = bm.block_table("a#1"), bm.block_table("a#2")
+    assert t1[:2] == t2[:2] == parent_table[:2]
+    assert [bm.pool.blocks[b].ref_count for b in parent_table] == [3, 3, 1]
+    assert update.block_copies == [(parent_table[2], t1[2]), (parent_table[2], t2[2])]
+    assert len({parent_table[2], t1[2], t2[2]}) == 3
+    assert bm.num_used_blocks == 2 + 3  # three separate requests would hold 3 x 3 = 9
+
+    # Each sequence then decodes on its own table, feeding back its own token.
+    out, update = fork_step(sched, {"a": [1], "a#1": [2], "a#2": [3]})
+    items = by_id(out)
+    assert {rid: (s.start_pos, s.token_ids, s.num_samples) for rid, s in items.items()} == {
+        "a": (10, [5], 1), "a#1": (10, [6], 1), "a#2": (10, [7], 1)
+    }
+    assert update.forked == [] and update.block_copies == []
+
+    out, update = fork_step(sched)  # third token: max_tokens=3 ends all three
+    assert {r.request_id for r in update.finished} == {"a", "a#1", "a#2"}
+    assert all(r.finish_reason is FinishReason.LENGTH for r in update.finished)
+    assert not sched.has_unfinished() and bm.num_used_blocks == 0
+
+
+def test_fork_of_a_block_aligned_prompt_copies_nothing():
+    sched = make_scheduler(block_size=4, num_blocks=16)
+    sched.add(make_forking("a", 8, n=2))
+    out, update = fork_step(sched, {"a": [5, 6]})
+    assert update.block_copies == []
+    bm = sched.block_manager
+    assert bm.block_table("a#1") == bm.block_table("a") == out.scheduled[0].block_table
+    assert sched.block_manager.num_used_blocks == 2
+
+
+def test_fork_step_waits_for_its_spare_block_and_keeps_it_from_later_requests():
+    # 4 blocks of 4 tokens. a (5 tokens, n=2) needs 2 blocks plus a spare for its fork's copy.
+    sched = make_scheduler(block_size=4, num_blocks=4, max_model_len=16)
+    b = make_request("b", 12, max_tokens=2)  # 3 blocks, 1 left
+    a = make_forking("a", 5, n=2, max_tokens=1)
+    sched.add(b)
+    sched.add(a)
+    out, update = fork_step(sched)
+    assert [s.request_id for s in out.scheduled] == ["b"]  # a waits: no spare block
+    assert list(sched.waiting) == [a] and update.forked == []
+    out, update = fork_step(sched)
+    assert b.is_finished and [s.request_id for s in out.scheduled] == ["b"]
+
+    # Regression: a later request in the same step must not take the spare block.
+    c = make_request("c", 8)
+    sched.add(c)
+    out = sched.schedule()
+    assert [s.request_id for s in out.scheduled] == ["a"]  # 2 blocks + 1 spare: c (2 blocks) waits
+    assert sched.block_manager.num_free_blocks == 2
+    update = sched.update(out, {"a": [1, 2]})
+    assert len(update.block_copies) == 1 and [r.request_id for r in update.finished] == ["a", "a#1"]
+    assert sched.block_manager.num_used_blocks == 0
+
+
+def test_running_parent_whose_last_chunk_has_no_spare_block_is_preempted_by_the_normal_rule():
+    sched = make_scheduler(max_num_batched_tokens=8, block_size=4, num_blocks=5, max_model_len=20)
+    b = make_request("b", 4, max_tokens=3)
+    a = make_forking("a", 10, n=2, max_tokens=1)
+    sched.add(b)
+    sched.add(a)
+    out, _ = fork_step(sched)
+    assert [(s.request_id, s.num_tokens, s.num_samples) for s in out.scheduled] == [("b", 4, 1), ("a", 4, 0)]
+    # b grows into a second block; a's last chunk needs 2 more blocks and a spare: 3 > 2 free.
+    # a is the newest running request, so it preempts itself.
+    out, update = fork_step(sched)
+    assert out.preempted_ids == ["a"] and [s.request_id for s in out.scheduled] == ["b"]
+    assert a.status is RequestStatus.PREEMPTED and update.forked == []
+    for _ in range(10):
+        out, update = fork_step(sched)
+        if update.forked:
+            break
+    assert [c.request_id for c in update.forked] == ["a#1"] and by_id(out)["a"].num_samples == 2
+    assert not sched.has_unfinished() and sched.block_manager.num_used_blocks == 0
+
+
+def test_parent_finished_before_its_fork_leaves_no_children():
+    sched = make_scheduler(block_size=4)
+    a = make_forking("a", 6, n=3)
+    sched.add(a)
+    out = sched.schedule()
+    assert out.scheduled[0].num_samples == 3
+    assert sched.abort("a") is a  # in flight: the engine sampled 3 tokens anyway
+    update = sched.update(out, {"a": [1, 2, 3]})
+    assert update.forked == [] and update.block_copies == [] and update.finished == []
+    assert not sched.has_unfinished() and sched.block_manager.num_used_blocks == 0
+    assert "a#1" not in sched.requests
+    # Waiting: aborted before it ever ran; its fork ids are free again.
+    b = make_forking("b", 6, n=2)
+    sched.add(b)
+    assert sched.abort("b") is b
+    sched.add(make_request("b#1", 3))
+    assert set(sched.requests) == {"b#1"}
+
+
+def test_forked_child_preempted_later_is_recomputed_from_prompt_and_its_own_outputs():
+    # 7 blocks of 4: an 8-token prompt (2 blocks, shared) forks into 3; each grows a private
+    # third block, then a fourth at 13 tokens, when the pool runs out and the newest child goes.
+    sched = make_scheduler(block_size=4, num_blocks=7, max_model_len=16)
+    a = make_forking("a", 8, n=3, max_tokens=8)
+    sched.add(a)
+    tokens = {"a": [1], "a#1": [2], "a#2": [3]}
+    _, update = fork_step(sched, {"a": [1, 2, 3]})
+    c2 = update.forked[1]
+    shared = sched.block_manager.block_table("a")[:2]
+    for _ in range(10):
+        out, _ = fork_step(sched, tokens)
+        if out.preempted_ids:
+            break
+    assert out.preempted_ids == ["a#2"]
+    assert c2.status is RequestStatus.PREEMPTED and sched.block_manager.block_table("a#2") == []
+    assert [sched.block_manager.pool.blocks[b].ref_count for b in shared] == [2, 2]
+    assert c2.output_token_ids == [3] * 5
+    history = c2.prompt_token_ids + c2.output_token_ids
+
+    while "a#2" not in by_id(out):
+        out, _ = fork_step(sched, tokens)
+    assert a.is_finished  # the preempted child came back once the others made room
+    item = by_id(out)["a#2"]
+    assert (item.start_pos, item.token_ids, item.num_samples) == (0, history, 1)
+    assert c2.output_token_ids == [3] * 6
+    while sched.has_unfinished():
+        fork_step(sched, tokens)
+    assert c2.finish_reason is FinishReason.LENGTH and c2.output_token_ids == [3] * 8
+    assert sched.block_manager.num_used_blocks == 0
+
+
+def test_add_rejects_forks_that_could_never_run_or_reuse_ids():
+    sched = make_scheduler(max_num_seqs=3, block_size=4, num_blocks=4, max_model_len=16)
+    with pytest.raises(ValueError, match="max_num_seqs=3"):
+        sched.add(make_forking("a", 4, n=4))
+    # 13 tokens: 4 blocks, plus 1 spare for the fork's copy of the partial block, in a pool of 4.
+    with pytest.raises(ValueError, match="num_blocks=4"):
+        sched.add(make_forking("a", 13, n=2))
+    sched.add(make_forking("a", 12, n=3))  # block-aligned: the forks need no spare block
+    with pytest.raises(ValueError, match="'a#1'"):
+        sched.add(make_request("a#1", 3))  # the fork id of a request that has not forked yet
+    with pytest.raises(ValueError, match="'a#2'"):
+        sched.add(Request("z", [1], StopConditions(max_tokens=1), fork_ids=["a#2"]))
+    with pytest.raises(ValueError):
+        sched.add(Request("y", [1], StopConditions(max_tokens=1), fork_ids=["y#1", "y#1"]))
+    assert set(sched.requests) == {"a"} and list(sched.waiting) == [sched.requests["a"]]

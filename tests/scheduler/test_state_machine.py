@@ -1,6 +1,7 @@
-"""Stateful property test of the scheduler: random adds, steps, external finishes and aborts
-over a small KV pool, with the block-accounting, budget, preemption and liveness invariants
-checked after every rule and a full drain at the end of every run."""
+"""Stateful property test of the scheduler: random adds (some forking into n > 1 sequences),
+steps, external finishes and aborts over a small KV pool, with the block-accounting, budget,
+preemption, fork and liveness invariants checked after every rule and a full drain at the end
+of every run."""
 
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.all_requests: dict[str, Request] = {}  # every request ever added, live or finished
         self.finished_ids: set[str] = set()
+        # Fork model: live requests that have not forked yet -> their fork ids; every
+        # sequence -> the request it came from (itself for a request that was added); and each
+        # block shared at a fork -> the family (parent and children) allowed to hold it together.
+        self.pending_forks: dict[str, list[str]] = {}
+        self.parent_of: dict[str, str] = {}
+        self.shared_holders: dict[int, frozenset[str]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -63,6 +70,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         if reason is not None:
             assert request.finish_reason is reason
         self.finished_ids.add(request.request_id)
+        # A parent that ends before its sampling step never forks.
+        self.pending_forks.pop(request.request_id, None)
+
+    def _exclusive_blocks(self, rid: str) -> int:
+        """Blocks that freeing ``rid`` gives back to the pool: those no other sequence shares."""
+        bm = self.scheduler.block_manager
+        return sum(bm.pool.blocks[block_id].ref_count == 1 for block_id in bm.block_table(rid))
+
+    def _may_share(self, block_id: int, holders: list[str]) -> bool:
+        """Several tables may hold a block only if it is a full prompt block shared at a fork
+        and they all belong to that fork's family."""
+        family = self.shared_holders.get(block_id)
+        return family is not None and set(holders) <= family
 
     def _check_step_output(self, out: SchedulerOutput, before: dict[str, tuple[int, int]]) -> None:
         """Checks on one schedule() result; ``before`` maps live ids to (num_computed, num_tokens)."""
@@ -90,12 +110,35 @@ class SchedulerMachine(RuleBasedStateMachine):
             )
             assert item.block_table == self.scheduler.block_manager.block_table(item.request_id)
 
-        # Block tables of the requests running in this step must be disjoint.
-        seen: dict[int, str] = {}
+        # Block tables of the requests running in this step are disjoint, except for the full
+        # prompt blocks a fork family shares.
+        seen: dict[int, list[str]] = {}
         for item in out.scheduled:
             for block_id in item.block_table:
-                assert block_id not in seen, f"block {block_id} in {seen.get(block_id)} and {item.request_id}"
-                seen[block_id] = item.request_id
+                seen.setdefault(block_id, []).append(item.request_id)
+        for block_id, holders in seen.items():
+            if len(holders) > 1:
+                assert self._may_share(block_id, holders), f"block {block_id} in {holders}"
+
+        # n > 1: the step that finishes the prompt samples once per sequence; any other samples once.
+        for item in out.scheduled:
+            request = self.scheduler.requests[item.request_id]
+            assert request.fork_ids == self.pending_forks.get(item.request_id, [])
+            if item.sample:
+                assert item.num_samples == 1 + len(request.fork_ids)
+                if request.fork_ids:
+                    assert request.output_token_ids == [], "a request forks at its first sampled token"
+            else:
+                assert item.num_samples == 0
+        # The spare blocks promised to this step's forks are still free when update() runs.
+        copies_due = sum(
+            len(self.pending_forks[s.request_id])
+            for s in out.scheduled
+            if s.sample and s.request_id in self.pending_forks and s.seq_len % cfg.block_size
+        )
+        assert self.scheduler.block_manager.num_free_blocks >= copies_due, (
+            f"{copies_due} fork copies due but {self.scheduler.block_manager.num_free_blocks} free blocks"
+        )
 
         for rid in out.preempted_ids:
             request = self.scheduler.requests[rid]
@@ -145,15 +188,19 @@ class SchedulerMachine(RuleBasedStateMachine):
             event("step had a non-final prefill chunk")
         if len(out.scheduled) > 1:
             event("step batched several requests")
+        if any(s.num_samples > 1 for s in out.scheduled):
+            event("step forked a request")
+        if any(self.parent_of.get(rid, rid) != rid for rid in out.preempted_ids):
+            event("step preempted a forked child")
         sched.block_manager.check_invariants()
 
-        sampled = {s.request_id: pick_tokens() for s in out.scheduled if s.sample}
+        sampled = {s.request_id: [pick_tokens() for _ in range(s.num_samples)] for s in out.scheduled if s.sample}
 
         aborted: set[str] = set()
         if abort_in_flight is not None and out.scheduled:
             rid, reason = abort_in_flight(out)
             used = sched.block_manager.num_used_blocks
-            held = len(sched.block_manager.block_table(rid))
+            held = self._exclusive_blocks(rid)
             request = sched.finish(rid, reason, "stop-string" if reason is FinishReason.STOP else None)
             assert request is not None
             assert sched.block_manager.num_used_blocks == used - held  # freed at once
@@ -168,8 +215,17 @@ class SchedulerMachine(RuleBasedStateMachine):
             request = sched.requests[item.request_id]
             expected[item.request_id] = (request.num_computed_tokens + item.num_tokens, request.num_output_tokens)
 
-        finished = sched.update(out, sampled)
+        # The forks due in this update, in step order: sampling parents that were not finished in flight.
+        forking = [
+            (item, list(sched.requests[item.request_id].fork_ids))
+            for item in out.scheduled
+            if item.sample and item.request_id not in aborted and sched.requests[item.request_id].fork_ids
+        ]
+
+        update = sched.update(out, sampled)
+        finished = update.finished
         finished_ids = {r.request_id for r in finished}
+        self._check_forks(forking, update, sampled, outputs_before, finished_ids)
         assert not finished_ids & aborted
         for item in out.scheduled:
             rid = item.request_id
@@ -181,10 +237,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             if rid not in finished_ids:
                 assert request.num_computed_tokens == computed
             if item.sample:
+                assert len(sampled[rid]) == item.num_samples
                 assert request.num_output_tokens == n_out + 1
-                assert request.output_token_ids[-1] == sampled[rid]
+                assert request.output_token_ids[-1] == sampled[rid][0]
                 # Oracle for the stop rules, evaluated on the state right after the append.
-                reason, stop_reason = self._expected_stop(request, sampled[rid])
+                reason, stop_reason = self._expected_stop(request, sampled[rid][0])
                 if reason is None:
                     assert rid not in finished_ids and request.status is RequestStatus.RUNNING
                 else:
@@ -197,9 +254,74 @@ class SchedulerMachine(RuleBasedStateMachine):
             self._mark_finished(request)
 
         # Generated tokens survive preemption (and everything else): old outputs are a prefix.
+        # (Children are new: they are not in outputs_before.)
         for rid, old in outputs_before.items():
             new = self.all_requests[rid].output_token_ids
             assert new[: len(old)] == old, f"{rid} lost generated tokens: {old} -> {new}"
+
+    def _check_forks(self, forking, update, sampled, outputs_before, finished_ids) -> None:
+        """Checks on the forks of one update(): children, their tokens, tables and block copies."""
+        sched = self.scheduler
+        bm = sched.block_manager
+        bs = self.config.block_size
+        expected_forked = [child_id for _, fork_ids in forking for child_id in fork_ids]
+        assert [c.request_id for c in update.forked] == expected_forked, "forked children differ from the fork ids"
+        for child in update.forked:
+            assert child.request_id not in self.all_requests, f"{child.request_id} existed before its fork"
+
+        copies = list(update.block_copies)
+        expected_copies = sum(len(fork_ids) for item, fork_ids in forking if item.seq_len % bs)
+        assert len(copies) == expected_copies, f"{len(copies)} block copies, expected {expected_copies}"
+        dsts = [dst for _, dst in copies]
+        # The engine copies all pairs at once: destinations distinct and never a source.
+        assert len(set(dsts)) == len(dsts), f"two copies into one block: {copies}"
+        assert not set(dsts) & {src for src, _ in copies}, f"a copy writes a block another reads: {copies}"
+
+        children_by_id = {c.request_id: c for c in update.forked}
+        tables = {rid: bm.block_table(rid) for rid in bm.holders()}
+        copy_iter = iter(copies)
+        for item, fork_ids in forking:
+            parent_id = item.request_id
+            parent = self.all_requests[parent_id]
+            num_full = item.seq_len // bs
+            partial = item.seq_len % bs != 0
+            assert parent.fork_ids == [], "a parent forks once"
+            self.pending_forks.pop(parent_id, None)
+            if parent_id not in finished_ids:
+                assert bm.block_table(parent_id) == item.block_table, "forking changed the parent's table"
+            family = frozenset([parent_id, *fork_ids])
+            for block_id in item.block_table[:num_full]:
+                self.shared_holders[block_id] = family
+            for index, child_id in enumerate(fork_ids, start=1):
+                child = children_by_id[child_id]
+                self.all_requests[child_id] = child
+                self.parent_of[child_id] = parent_id
+                assert child.prompt_token_ids == parent.prompt_token_ids
+                assert child.stop == parent.stop and child.fork_ids == []
+                assert child.output_token_ids == outputs_before[parent_id] + [sampled[parent_id][index]]
+                assert child.num_computed_tokens == parent.num_computed_tokens == item.seq_len
+                reason, stop_reason = self._expected_stop(child, sampled[parent_id][index])
+                if reason is None:
+                    assert child_id not in finished_ids and child.status is RequestStatus.RUNNING
+                    assert sched.requests[child_id] is child and child in sched.running
+                else:
+                    assert child_id in finished_ids, f"{child_id} should have finished with {reason}"
+                    assert (child.finish_reason, child.stop_reason) == (reason, stop_reason)
+                    assert child_id not in tables
+                if partial:
+                    src, dst = next(copy_iter)
+                    assert src == item.block_table[num_full], "the copy's source is not the parent's partial block"
+                    assert dst not in item.block_table
+                    holders = [rid for rid, table in tables.items() if dst in table]
+                    if child_id in finished_ids:
+                        assert holders == []
+                    else:
+                        assert holders == [child_id], f"copy destination {dst} held by {holders}"
+                        assert tables[child_id] == item.block_table[:num_full] + [dst]
+                    event("fork copied a partial block")
+                elif child_id not in finished_ids:
+                    assert tables[child_id] == item.block_table[:num_full]
+                    event("fork of a block-aligned prompt")
 
     # ------------------------------------------------------------------ rules
 
@@ -210,44 +332,78 @@ class SchedulerMachine(RuleBasedStateMachine):
         eos=st.one_of(st.none(), st.sampled_from(VOCAB)),
         stop_ids=st.lists(st.sampled_from(VOCAB), max_size=2, unique=True),
         ignore_eos=st.booleans(),
+        num_forks=st.sampled_from([0, 0, 0, 0, 1, 2]),
         data=st.data(),
     )
-    def add(self, prompt_frac, max_tokens, min_tokens, eos, stop_ids, ignore_eos, data) -> None:
-        prompt_len = 1 + int(prompt_frac * (self.config.max_model_len - 2))
+    def add(self, prompt_frac, max_tokens, min_tokens, eos, stop_ids, ignore_eos, num_forks, data) -> None:
+        cfg = self.config
+        prompt_len = 1 + int(prompt_frac * (cfg.max_model_len - 2))
         prompt = data.draw(st.lists(st.sampled_from(VOCAB), min_size=prompt_len, max_size=prompt_len))
         rid = f"r{self.next_id}"
         self.next_id += 1
-        request = Request(
-            request_id=rid,
-            prompt_token_ids=prompt,
-            stop=StopConditions(
-                max_tokens=max_tokens,
-                min_tokens=min_tokens,
-                stop_token_ids=tuple(stop_ids),
-                eos_token_id=eos,
-                ignore_eos=ignore_eos,
-            ),
+        stop = StopConditions(
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            stop_token_ids=tuple(stop_ids),
+            eos_token_id=eos,
+            ignore_eos=ignore_eos,
         )
+
+        def fits(forks: int) -> bool:
+            # Seats for all its sequences, and a pool holding the prompt plus a spare block per fork.
+            spare = forks if prompt_len % cfg.block_size else 0
+            return 1 + forks <= cfg.max_num_seqs and cdiv(prompt_len, cfg.block_size) + spare <= cfg.num_blocks
+
+        allowed = max(k for k in range(num_forks + 1) if fits(k))
+        if allowed < num_forks:
+            self._expect_rejected(Request(rid, prompt, stop, fork_ids=[f"{rid}#{i}" for i in range(1, num_forks + 1)]))
+            event("add rejected: too many sequences for max_num_seqs or the pool")
+        fork_ids = [f"{rid}#{i}" for i in range(1, allowed + 1)]
+        request = Request(request_id=rid, prompt_token_ids=prompt, stop=stop, fork_ids=list(fork_ids))
         used = self.scheduler.block_manager.num_used_blocks
         self.scheduler.add(request)
         assert self.scheduler.block_manager.num_used_blocks == used  # adding allocates nothing
         assert request.status is RequestStatus.WAITING
         self.all_requests[rid] = request
+        self.parent_of[rid] = rid
+        if fork_ids:
+            self.pending_forks[rid] = fork_ids
+            event("added a request with forks")
 
-    @rule(index=st.integers(0, 10_000))
-    def add_duplicate_id(self, index) -> None:
-        if not self.scheduler.requests:
-            return
-        rid = self.live_ids[index % len(self.live_ids)]
-        state = (len(self.scheduler.waiting), len(self.scheduler.running), len(self.scheduler.requests))
+    def _expect_rejected(self, request: Request) -> None:
+        sched = self.scheduler
+
+        def state():
+            return list(sched.waiting), list(sched.running), dict(sched.requests), sched.block_manager.num_used_blocks
+
+        before = state()
         try:
-            self.scheduler.add(Request(rid, [1], StopConditions(max_tokens=1)))
+            sched.add(request)
         except ValueError:
             pass
         else:
-            raise AssertionError(f"duplicate request_id {rid!r} was accepted")
-        assert state == (len(self.scheduler.waiting), len(self.scheduler.running), len(self.scheduler.requests))
-        assert self.scheduler.requests[rid] is self.all_requests[rid]
+            raise AssertionError(f"add() accepted {request.request_id!r} with forks {request.fork_ids}")
+        assert state() == before
+
+    @rule(index=st.integers(0, 10_000), how=st.sampled_from(["id", "fork_id"]))
+    def add_duplicate_id(self, index, how) -> None:
+        # A live request's id, or the fork id of a request that has not forked yet, is taken,
+        # whether the newcomer uses it as its own id or as one of its fork ids.
+        taken = self.live_ids + sorted(f for forks in self.pending_forks.values() for f in forks)
+        if not taken:
+            return
+        rid = taken[index % len(taken)]
+        if how == "id":
+            request = Request(rid, [1], StopConditions(max_tokens=1))
+        else:
+            request = Request(f"fresh{self.next_id}", [1], StopConditions(max_tokens=1), fork_ids=[rid])
+            self.next_id += 1
+        if self.config.max_num_seqs >= request.num_seats:
+            self._expect_rejected(request)
+        if rid in self.scheduler.requests:
+            assert self.scheduler.requests[rid] is self.all_requests[rid]
+        else:
+            assert rid not in self.all_requests  # a pending fork id: the child does not exist yet
 
     @rule(data=st.data())
     def step(self, data) -> None:
@@ -269,7 +425,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         rid = self.live_ids[index % len(self.live_ids)]
         used = self.scheduler.block_manager.num_used_blocks
-        held = len(self.scheduler.block_manager.block_table(rid))
+        held = self._exclusive_blocks(rid)
         request = self.scheduler.finish(rid, FinishReason.STOP, "</s>")
         assert request is self.all_requests[rid]
         assert request.stop_reason == "</s>"
@@ -293,7 +449,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             pool = self.live_ids
         rid = pool[index % len(pool)]
         used = sched.block_manager.num_used_blocks
-        held = len(sched.block_manager.block_table(rid))
+        held = self._exclusive_blocks(rid)
         request = sched.abort(rid)
         assert request is self.all_requests[rid]
         assert sched.block_manager.num_used_blocks == used - held
@@ -318,16 +474,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         bm = self.scheduler.block_manager
         bm.check_invariants()
         assert bm.num_free_blocks + bm.num_used_blocks == bm.num_total_blocks == self.config.num_blocks
-        owner: dict[int, str] = {}
-        total = 0
+        holders: dict[int, list[str]] = {}
+        position: dict[int, int] = {}
         for rid in bm.holders():
             table = bm.block_table(rid)
-            total += len(table)
-            for block_id in table:
+            for index, block_id in enumerate(table):
                 assert 0 <= block_id < self.config.num_blocks
-                assert block_id not in owner, f"block {block_id} held by {owner[block_id]} and {rid}"
-                owner[block_id] = rid
-        assert total == bm.num_used_blocks
+                holders.setdefault(block_id, []).append(rid)
+                # A shared block sits at the same place (the same prompt tokens) in every table.
+                assert position.setdefault(block_id, index) == index, f"block {block_id} at two positions"
+        for block_id, rids in holders.items():
+            if len(rids) > 1:
+                assert self._may_share(block_id, rids), f"block {block_id} held by {rids}"
+                assert bm.pool.blocks[block_id].ref_count == len(rids)
+        assert len(holders) == bm.num_used_blocks
 
     @invariant()
     def only_running_requests_hold_blocks(self) -> None:
@@ -357,6 +517,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert not set(waiting) & set(running)
         assert set(waiting) | set(running) == set(sched.requests)
         assert len(running) <= self.config.max_num_seqs
+        # Seats: running sequences plus the forks their not-yet-forked parents will add.
+        assert sum(r.num_seats for r in sched.running) <= self.config.max_num_seqs
         assert not set(sched.requests) & self.finished_ids
         assert sched.has_unfinished() == bool(sched.requests)
         for request in sched.running:
@@ -366,6 +528,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         for rid in self.finished_ids:
             request = self.all_requests[rid]
             assert request.status is RequestStatus.FINISHED and request.finish_reason is not None
+
+    @invariant()
+    def forks_are_consistent(self) -> None:
+        sched = self.scheduler
+        live_pending = {rid: r.fork_ids for rid, r in sched.requests.items() if r.fork_ids}
+        assert live_pending == self.pending_forks
+        for rid, fork_ids in self.pending_forks.items():
+            for child_id in fork_ids:
+                # Children exist only after their parent's sampling step.
+                assert child_id not in self.all_requests and child_id not in sched.requests
+            assert self.all_requests[rid].num_output_tokens == 0
+        for rid in sched.requests:
+            assert rid in self.parent_of, f"{rid} is live but was never added nor forked"
 
     @invariant()
     def progress_bounds(self) -> None:
@@ -391,6 +566,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.block_accounting()
             self.only_running_requests_hold_blocks()
             self.queues_are_consistent()
+            self.forks_are_consistent()
             self.progress_bounds()
         else:
             raise AssertionError(f"not drained after {MAX_DRAIN_STEPS} steps: deadlock or starvation")

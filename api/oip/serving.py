@@ -1,0 +1,105 @@
+"""OIP inference over the ``AsyncLLMEngine``: infer (B prompts at once), generate, generate_stream.
+
+Each prompt is one engine request with a fresh uuid (a client's ``id`` is only echoed). Work
+runs inside ``aclosing`` over the engine's iterator, so leaving early (a cancelled task, a
+closed stream) aborts the request and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from typing import AsyncGenerator, Awaitable, TypeVar
+
+from engine import AsyncLLMEngine, CompletionOutput, EngineDeadError
+
+from ..errors import APIError
+from .protocol import MODEL_VERSION, GenerateRequest, Generation, InferRequest, encode_infer_response
+
+T = TypeVar("T")
+
+
+class OIPServing:
+    def __init__(self, engine: AsyncLLMEngine, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+
+    async def infer(self, request: InferRequest) -> tuple[bytes, int | None]:
+        """The answer body, and its JSON header's length when binary output follows it."""
+        completions = await _all_or_none([self._complete(p, request.generation) for p in request.prompts])
+        prefixes = request.prompts if request.generation.include_prompt else [""] * len(completions)
+        return encode_infer_response(
+            self.model_name, request, [p + c.text for p, c in zip(prefixes, completions)],
+            [c.finish_reason for c in completions], sum(len(c.token_ids) for c in completions),
+        )
+
+    async def generate(self, request: GenerateRequest) -> dict:
+        completion = await self._complete(request.prompt, request.generation)
+        prefix = request.prompt if request.generation.include_prompt else ""
+        return {**self._names(), "text_output": prefix + completion.text, "finish_reason": completion.finish_reason}
+
+    async def generate_stream(self, request: GenerateRequest) -> AsyncGenerator[str, None]:
+        """SSE data: one JSON event per step with the new text, the last with ``finish_reason``.
+
+        A failure before the first event is raised, so the route can answer it with its status;
+        after it, the failure is one ``{"error": ...}`` event that ends the stream.
+        """
+        text_sent, prefix = 0, request.prompt if request.generation.include_prompt else ""
+        first = True
+        outputs = self.engine.generate(request.prompt, request.generation.params, _new_request_id())
+        async with contextlib.aclosing(outputs):
+            try:
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    delta, text_sent = completion.text[text_sent:], len(completion.text)
+                    if not delta and not completion.finished:
+                        continue
+                    event = {**self._names(), "text_output": (prefix if first else "") + delta}
+                    if completion.finished:
+                        event["finish_reason"] = completion.finish_reason
+                    first = False
+                    yield json.dumps(event)
+            except Exception as err:
+                if first:
+                    raise _api_error(err) from err
+                yield json.dumps({"error": _api_error(err).message})
+
+    async def _complete(self, prompt: str, generation: Generation) -> CompletionOutput:
+        final = None
+        try:
+            async with contextlib.aclosing(self.engine.generate(prompt, generation.params, _new_request_id())) as outputs:
+                async for final in outputs:
+                    pass
+        except Exception as err:
+            raise _api_error(err) from err
+        return final.outputs[0]
+
+    def _names(self) -> dict:
+        return {"model_name": self.model_name, "model_version": MODEL_VERSION}
+
+
+async def _all_or_none(works: list[Awaitable[T]]) -> list[T]:
+    """Run concurrently; the first failure cancels the others (aborting their requests) and is raised."""
+    tasks = [asyncio.ensure_future(work) for work in works]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _api_error(err: Exception) -> APIError:
+    if isinstance(err, APIError):
+        return err
+    if isinstance(err, EngineDeadError):  # the model is not ready to serve
+        return APIError(str(err), status=503)
+    if isinstance(err, ValueError):  # the engine's validation, e.g. a prompt longer than the context
+        return APIError(str(err))
+    return APIError(f"the engine failed: {err}", status=500)
+
+
+def _new_request_id() -> str:
+    return f"oip-{uuid.uuid4().hex}"

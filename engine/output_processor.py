@@ -113,7 +113,7 @@ class OutputProcessor:
             if start + 1 != known or not targets:  # recomputed after preemption: already recorded
                 continue
             logprobs = torch.log_softmax(logits[: len(targets)], dim=-1)
-            target_ids = torch.tensor(targets)
+            target_ids = torch.tensor(targets, device=logits.device)
             chosen = logprobs.gather(1, target_ids[:, None])
             ranks = (logprobs > chosen).sum(dim=-1) + 1
             top = logprobs.topk(state.params.prompt_logprobs, dim=-1) if state.params.prompt_logprobs else None

@@ -84,9 +84,10 @@ def apply_processors(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
                 banned.append(row.eos_token_id)
             logits[index, banned] = float("-inf")
     if bias_rows:
+        device = logits.device
         logits.index_put_(
-            (torch.tensor(bias_rows), torch.tensor(bias_cols)),
-            torch.tensor(bias_values, dtype=logits.dtype), accumulate=True,
+            (torch.tensor(bias_rows, device=device), torch.tensor(bias_cols, device=device)),
+            torch.tensor(bias_values, dtype=logits.dtype, device=device), accumulate=True,
         )
     if any(row.params.uses_penalties for row in rows):
         apply_penalties(logits, rows)
@@ -99,13 +100,14 @@ def _scatter_counts(rows: list[list[int]], shape: torch.Size, device) -> torch.T
     row_index = [i for i, ids in enumerate(rows) for _ in ids]
     if row_index:
         flat = [t for ids in rows for t in ids]
-        counts.index_put_((torch.tensor(row_index), torch.tensor(flat)), torch.ones(len(flat)), accumulate=True)
+        index = (torch.tensor(row_index, device=device), torch.tensor(flat, device=device))
+        counts.index_put_(index, torch.ones(len(flat), device=device), accumulate=True)
     return counts
 
 
 def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
     def column(name: str) -> torch.Tensor:
-        return torch.tensor([getattr(row.params, name) for row in rows], dtype=logits.dtype)[:, None]
+        return torch.tensor([getattr(row.params, name) for row in rows], dtype=logits.dtype, device=logits.device)[:, None]
 
     output_counts = _scatter_counts([row.output_token_ids for row in rows], logits.shape, logits.device)
     seen = output_counts > 0
@@ -119,16 +121,17 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
 
 def filter_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """min_p (relative to the top probability), then top_k, then top_p; filtered entries become -inf."""
-    min_p = torch.tensor([row.params.min_p for row in rows], dtype=logits.dtype)
-    top_k = torch.tensor([row.params.top_k if row.params.top_k > 0 else logits.shape[1] for row in rows])
-    top_p = torch.tensor([row.params.top_p for row in rows], dtype=logits.dtype)
+    device = logits.device
+    min_p = torch.tensor([row.params.min_p for row in rows], dtype=logits.dtype, device=device)
+    top_k = torch.tensor([row.params.top_k if row.params.top_k > 0 else logits.shape[1] for row in rows], device=device)
+    top_p = torch.tensor([row.params.top_p for row in rows], dtype=logits.dtype, device=device)
     if (min_p > 0).any():
         probs = torch.softmax(logits, dim=-1)
         threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
         logits = logits.masked_fill(probs < threshold, float("-inf"))
     if (top_k < logits.shape[1]).any() or (top_p < 1.0).any():
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        ranks = torch.arange(logits.shape[1])[None, :]
+        ranks = torch.arange(logits.shape[1], device=device)[None, :]
         sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
         sorted_probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p (the first always stays).

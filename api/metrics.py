@@ -33,10 +33,16 @@ class _EngineStatsCollector:
                     stats.num_used_blocks / stats.num_total_blocks)
         yield gauge("engine:kv_cache_used_blocks", "KV cache blocks in use.", stats.num_used_blocks)
         yield gauge("engine:kv_cache_total_blocks", "KV cache blocks in the pool.", stats.num_total_blocks)
-        preemptions = CounterMetricFamily("engine:num_preemptions", "Requests preempted for lack of KV blocks.",
-                                          labels=names)
-        preemptions.add_metric(values, stats.num_preemptions)
-        yield preemptions
+        yield gauge("engine:prefix_cache_hit_rate", "Prompt tokens found in the prefix cache / tokens looked up.",
+                    stats.prefix_cache_hits / stats.prefix_cache_queries if stats.prefix_cache_queries else 0.0)
+        for name, doc, value in (
+            ("engine:num_preemptions", "Requests preempted for lack of KV blocks.", stats.num_preemptions),
+            ("engine:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", stats.prefix_cache_queries),
+            ("engine:prefix_cache_hits", "Prompt tokens found in the prefix cache.", stats.prefix_cache_hits),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=names)
+            counter.add_metric(values, value)
+            yield counter
 
 
 class EngineMetrics:
@@ -58,6 +64,8 @@ class EngineMetrics:
                              label_names, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.e2e = Histogram("engine:e2e_request_latency_seconds", "Arrival to last token.", label_names,
                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        for metric in (self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.e2e):
+            metric.labels(**labels)  # expose zeros before the first request
         # request id -> (time of its last output, tokens counted so far)
         self._progress: dict[str, tuple[float, int]] = {}
         engine.add_output_listener(self.observe)

@@ -48,6 +48,8 @@ class EngineStats:
     num_preemptions: int
     num_prefill_tokens: int  # tokens run through the model as prompt (or recompute) chunks, all time
     num_generated_tokens: int  # tokens sampled, all time
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache, all time
+    prefix_cache_hits: int  # of those, tokens found
 
 
 class LLMEngine:
@@ -174,7 +176,8 @@ class LLMEngine:
         manager = self.scheduler.block_manager
         return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, manager.num_used_blocks,
                            manager.num_total_blocks, self.scheduler.num_preemptions,
-                           self._num_prefill_tokens, self._num_generated_tokens)
+                           self._num_prefill_tokens, self._num_generated_tokens,
+                           self.scheduler.prefix_cache_queries, self.scheduler.prefix_cache_hits)
 
     def check_invariants(self) -> None:
         self.scheduler.block_manager.check_invariants()

@@ -189,7 +189,7 @@ class OutputProcessor:
                 del self.sequences[seq.request.request_id]
         completions = [self._completion(state, seq) for seq in state.sequences]
         return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions, finished,
-                             state.metrics, state.prompt_logprobs)
+                             state.metrics, state.prompt_logprobs, state.sequences[0].request.num_cached_tokens or 0)
 
     def _completion(self, state: RequestState, seq: SequenceState) -> CompletionOutput:
         text = seq.detokenizer.text

@@ -53,3 +53,4 @@ class RequestOutput:
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(0.0))
     # With SamplingParams.prompt_logprobs: None for the first prompt token, then one entry per token.
     prompt_logprobs: list[PositionLogprobs | None] | None = None
+    num_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache

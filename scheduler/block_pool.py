@@ -1,13 +1,16 @@
-"""Physical KV blocks: reference counts and the free queue.
+"""Physical KV blocks: reference counts, the LRU free queue, and the prefix-cache map.
 
-A free block keeps its place in an LRU-ordered queue so that the prefix cache can later
-revive it in O(1) (``OrderedDict`` removal by key) and evict the least recently freed first.
+A block nobody holds goes to the back of the free queue but keeps its hash: until it is
+handed out again (evicted, least recently freed first), a request with the same prefix can
+revive it in O(1) (``OrderedDict`` removal by key) instead of recomputing its K/V.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from .prefix_hash import hash_block
 
 
 @dataclass(eq=False)
@@ -16,8 +19,11 @@ class KVBlock:
 
     block_id: int
     ref_count: int = 0
-    # Set once the block is full, identifying its tokens and its whole prefix (prefix caching).
+    # Set (once) when the block is full and cached: its identity, its parent's, and its tokens,
+    # which a lookup compares so that even a hash collision cannot serve wrong K/V.
     block_hash: bytes | None = None
+    parent_hash: bytes | None = None
+    token_ids: tuple[int, ...] | None = None
 
 
 class BlockPool:
@@ -26,6 +32,8 @@ class BlockPool:
     def __init__(self, num_blocks: int) -> None:
         self.blocks = [KVBlock(block_id) for block_id in range(num_blocks)]
         self._free: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self._cached: dict[bytes, KVBlock] = {}
+        self.num_evictions = 0
 
     @property
     def num_blocks(self) -> int:
@@ -35,15 +43,22 @@ class BlockPool:
     def num_free_blocks(self) -> int:
         return len(self._free)
 
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self._cached)
+
     def allocate(self, count: int) -> list[KVBlock]:
-        """Take ``count`` free blocks, least recently freed first; the caller checked there are enough."""
+        """Take ``count`` free blocks, least recently freed first, evicting their cached content."""
         if count > len(self._free):
             raise RuntimeError(f"asked for {count} blocks with {len(self._free)} free")
         taken = []
         for _ in range(count):
             _, block = self._free.popitem(last=False)
+            if block.block_hash is not None:
+                del self._cached[block.block_hash]
+                block.block_hash = block.parent_hash = block.token_ids = None
+                self.num_evictions += 1
             block.ref_count = 1
-            block.block_hash = None
             taken.append(block)
         return taken
 
@@ -69,3 +84,29 @@ class BlockPool:
 
     def is_free(self, block: KVBlock) -> bool:
         return block.block_id in self._free
+
+    def cache(self, block: KVBlock, block_hash: bytes, parent_hash: bytes | None, token_ids: tuple[int, ...]) -> None:
+        """Make a full, computed block findable. If another block already holds this content, keep that one."""
+        if block.block_hash is not None or block_hash in self._cached:
+            return
+        block.block_hash, block.parent_hash, block.token_ids = block_hash, parent_hash, token_ids
+        self._cached[block_hash] = block
+
+    def take_cached(self, block_hash: bytes, token_ids: tuple[int, ...]) -> KVBlock | None:
+        """The cached block with this content, with one more holder (revived if it was free), or None."""
+        block = self._cached.get(block_hash)
+        if block is None or block.token_ids != token_ids:
+            return None
+        if block.ref_count == 0:
+            del self._free[block.block_id]
+        block.ref_count += 1
+        return block
+
+    def check_cache(self) -> None:
+        for block_hash, block in self._cached.items():
+            assert block.block_hash == block_hash, f"block {block.block_id} is mapped under another hash"
+            assert hash_block(block.parent_hash, block.token_ids) == block_hash, (
+                f"block {block.block_id}: hash does not match its tokens and parent"
+            )
+        hashed = [b for b in self.blocks if b.block_hash is not None]
+        assert len(hashed) == len(self._cached), "a block has a hash but is not in the cache map"

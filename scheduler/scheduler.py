@@ -34,11 +34,13 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.block_manager = BlockManager(config.num_blocks, config.block_size)
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.prefix_cache_queries = 0  # tokens of admitted requests looked up in the prefix cache
+        self.prefix_cache_hits = 0  # of those, tokens found
         self._num_spare_reserved = 0
 
     @property
@@ -111,9 +113,23 @@ class Scheduler:
         seats_taken = sum(r.num_seats for r in self.running)
         while self.waiting and not preempted and budget > 0:
             request = self.waiting[0]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if seats_taken + request.num_seats > self.config.max_num_seqs or not self._allocate(request, num_new):
+            if seats_taken + request.num_seats > self.config.max_num_seqs:
                 break
+            cached = 0
+            if request.num_computed_tokens == 0:
+                cached = self.block_manager.take_cached_prefix(
+                    request.request_id, request.num_tokens, request.token_ids_from)
+                request.num_computed_tokens = cached
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._allocate(request, num_new):
+                if cached:  # give the cached blocks back (they stay cached) and try again later
+                    self.block_manager.free(request.request_id)
+                    request.num_computed_tokens = 0
+                break
+            if request.num_cached_tokens is None:
+                request.num_cached_tokens = cached
+            self.prefix_cache_queries += request.num_tokens
+            self.prefix_cache_hits += cached
             seats_taken += request.num_seats
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
@@ -134,6 +150,8 @@ class Scheduler:
             if request is None:  # aborted while the step ran
                 continue
             request.num_computed_tokens += item.num_tokens
+            self.block_manager.cache_full_blocks(request.request_id, request.num_computed_tokens,
+                                                 request.token_ids_from)
             if not item.sample:
                 continue
             first, *rest = sampled_token_ids[item.request_id]

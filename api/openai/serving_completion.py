@@ -152,4 +152,6 @@ def _raise_if_aborted(completion: CompletionOutput) -> None:
 def _usage(finals: list[RequestOutput]) -> dict:
     prompt = sum(len(f.prompt_token_ids) for f in finals)
     completion = sum(len(c.token_ids) for f in finals for c in f.outputs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(f.num_cached_tokens for f in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}

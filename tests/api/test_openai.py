@@ -246,3 +246,13 @@ def test_sigterm_lets_in_flight_streams_finish(default_model, tmp_path):
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and len(chunks) == 40
     assert "Traceback" not in server.log()
+
+
+def test_repeated_prompt_reports_cached_tokens(client, server):
+    prompt = "A long shared instruction that many requests repeat word for word. " * 8
+    first = client.completions.create(model=server.model, prompt=prompt, max_tokens=2)
+    second = client.completions.create(model=server.model, prompt=prompt, max_tokens=2)
+    assert second.usage.prompt_tokens_details.cached_tokens >= 16 * (second.usage.prompt_tokens // 16 - 1)
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+    assert metric(server, "engine:prefix_cache_hits_total") > 0
+    assert 0 < metric(server, "engine:prefix_cache_hit_rate") <= 1

@@ -74,7 +74,8 @@ def _peak_blocks(engine: LLMEngine, requests: list[tuple[str, SamplingParams]], 
 
 
 def test_n3_shares_prompt_blocks_and_frees_them(default_model):
-    engine = LLMEngine(EngineConfig(str(default_model), max_model_len=512))
+    # Without prefix caching, so the second run cannot reuse the first one's blocks.
+    engine = LLMEngine(EngineConfig(str(default_model), max_model_len=512, enable_prefix_caching=False))
     prompt_ids = list(range(1000, 1100))  # 100 tokens: 6 full blocks and a partial one
     params = SamplingParams(max_tokens=3, temperature=1.0, seed=3, ignore_eos=True)
     shared = _peak_blocks(engine, [("grouped", SamplingParams(**{**vars(params), "n": 3}))], prompt_ids)

@@ -23,6 +23,7 @@ paged_attention_prefill = dispatch(reference.paged_attention_prefill, _T + "page
 rms_norm = dispatch(reference.rms_norm, _T + "elementwise:rms_norm_triton")
 rotary_embedding = dispatch(reference.rotary_embedding, _T + "elementwise:rotary_embedding_triton")
 silu_and_mul = dispatch(reference.silu_and_mul, _T + "elementwise:silu_and_mul_triton")
+w4a16_gemm = dispatch(reference.w4a16_gemm, _T + "quant_gemm:w4a16_gemm_triton")
 
 __all__ = [
     "paged_attention_decode",
@@ -31,4 +32,5 @@ __all__ = [
     "rotary_embedding",
     "silu_and_mul",
     "store_kv",
+    "w4a16_gemm",
 ]

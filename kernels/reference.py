@@ -157,3 +157,43 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``[n, 2d] -> [n, d]``: silu of the first half times the second half (gate, up)."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def dequantize_w4(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor,
+    g_idx: torch.Tensor,
+    group_size: int,
+    fmt: str,
+) -> torch.Tensor:
+    """The fp32 weight ``[K, N]`` of an AWQ (gemm, 4-bit) or GPTQ (v2 zeros, 4 or 8 bits) packed layer.
+
+    ``W[k, n] = (q[k, n] - z[g_idx[k], n]) * s[g_idx[k], n]``. ``g_idx`` (int32 ``[K]``) is
+    always given: the loader fills ``k // group_size`` where a checkpoint has none, and
+    converts GPTQ v1 zeros to v2. For GPTQ, K = ``len(g_idx)`` tells the bits (32 / rows per word).
+    """
+    from .quant_pack import unpack_awq, unpack_gptq
+
+    if fmt == "awq":
+        codes, zeros = unpack_awq(qweight, qzeros)
+    elif fmt == "gptq":
+        codes, zeros = unpack_gptq(qweight, qzeros, 32 * qweight.shape[0] // g_idx.shape[0], v1=False)
+    else:
+        raise ValueError(f"fmt must be 'awq' or 'gptq', got {fmt!r}")
+    groups = g_idx.long()
+    return (codes - zeros[groups]).float() * scales[groups].float()
+
+
+def w4a16_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor,
+    g_idx: torch.Tensor,
+    group_size: int,
+    fmt: str,
+) -> torch.Tensor:
+    """``x [M, K] @ W [K, N]`` for a packed weight; the oracle materialises W (the kernel never does)."""
+    weight = dequantize_w4(qweight, scales, qzeros, g_idx, group_size, fmt)
+    return (x.float() @ weight).to(x.dtype)

@@ -63,8 +63,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_gb must be positive, got {self.kv_cache_memory_gb}")
         if self.tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet; use 1")
-        if self.quantization is not None:
-            raise ValueError(f"quantization={self.quantization!r} is not supported yet; use None")
+        if self.quantization not in (None, "awq", "gptq"):
+            raise ValueError(f"quantization must be None (read from the checkpoint), 'awq' or 'gptq', got {self.quantization!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

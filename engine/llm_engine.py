@@ -21,6 +21,7 @@ from .kv_cache import bytes_per_block, num_blocks_for_memory
 from .loader import load_hf_config, resolve_model
 from .model_runner import ModelRunner
 from .output_processor import OutputProcessor, RequestState, fork_id
+from .quant.config import quant_config_from
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import Sampler
 from .sampling_params import SamplingParams
@@ -64,7 +65,8 @@ class LLMEngine:
 
         started = time.monotonic()
         self.tokenizer = load_tokenizer(source)
-        self.runner = ModelRunner(source, hf_config, device, dtype)
+        quant = quant_config_from(hf_config, None if source.is_gguf else source.path, config.quantization)
+        self.runner = ModelRunner(source, hf_config, device, dtype, quant)
         spec = self.runner.model.spec
         block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.num_kv_heads, spec.head_dim, dtype)
         max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)

@@ -14,6 +14,7 @@ from .forward_batch import ForwardBatch
 from .kv_cache import KVCache
 from .loader import ModelSource, iter_weights
 from .models.registry import build_model
+from .quant.config import QuantConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype,
+                 quant: QuantConfig | None = None) -> None:
         self.device, self.dtype = device, dtype
         with torch.device("meta"):  # no random init of weights that are overwritten at once
-            model = build_model(hf_config)
+            model = build_model(hf_config, quant)
         model = model.to(dtype).to_empty(device=device)
         model.load_weights(iter_weights(source))
         model.initialize_buffers(device)

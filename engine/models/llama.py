@@ -17,6 +17,8 @@ import kernels
 from ..forward_batch import ForwardBatch
 from ..layers.attention import paged_attention
 from ..layers.rotary import build_cos_sin_cache
+from ..quant.config import QuantConfig
+from ..quant.linear import QuantLinear
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,10 @@ class DecoderSpec:
     qk_norm: bool
     tie_word_embeddings: bool
     max_position: int
+    quant: QuantConfig | None = None
 
     @classmethod
-    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool) -> "DecoderSpec":
+    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool, quant: QuantConfig | None = None) -> "DecoderSpec":
         num_heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
         return cls(
@@ -53,7 +56,15 @@ class DecoderSpec:
             qk_norm=qk_norm,
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
             max_position=hf_config.max_position_embeddings,
+            quant=quant,
         )
+
+
+def make_linear(spec: DecoderSpec, in_features: int, out_features: int, bias: bool, hf_prefix: str) -> nn.Module:
+    """A plain linear layer, or a packed one where the checkpoint quantized it."""
+    if spec.quant is not None and spec.quant.is_quantized(hf_prefix):
+        return QuantLinear(in_features, out_features, bias, spec.quant)
+    return nn.Linear(in_features, out_features, bias=bias)
 
 
 class RMSNorm(nn.Module):
@@ -67,13 +78,14 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: DecoderSpec) -> None:
+    def __init__(self, spec: DecoderSpec, prefix: str) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.q_size = spec.num_heads * spec.head_dim
         self.kv_size = spec.num_kv_heads * spec.head_dim
-        self.qkv_proj = nn.Linear(spec.hidden_size, self.q_size + 2 * self.kv_size, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=False)
+        self.qkv_proj = make_linear(spec, spec.hidden_size, self.q_size + 2 * self.kv_size, spec.qkv_bias,
+                                    f"{prefix}.q_proj")
+        self.o_proj = make_linear(spec, self.q_size, spec.hidden_size, False, f"{prefix}.o_proj")
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.scale = spec.head_dim**-0.5
@@ -91,29 +103,29 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: DecoderSpec) -> None:
+    def __init__(self, spec: DecoderSpec, prefix: str) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
+        self.gate_up_proj = make_linear(spec, spec.hidden_size, 2 * spec.intermediate_size, False, f"{prefix}.gate_proj")
+        self.down_proj = make_linear(spec, spec.intermediate_size, spec.hidden_size, False, f"{prefix}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec) -> None:
+    def __init__(self, spec: DecoderSpec, index: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.self_attn = Attention(spec)
+        self.self_attn = Attention(spec, f"model.layers.{index}.self_attn")
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.mlp = MLP(spec)
+        self.mlp = MLP(spec, f"model.layers.{index}.mlp")
 
 
 class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(spec) for _ in range(spec.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(spec, index) for index in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
 
@@ -128,9 +140,9 @@ _STACKED = {
 
 
 class DecoderForCausalLM(nn.Module):
-    def __init__(self, hf_config, qkv_bias: bool = False, qk_norm: bool = False) -> None:
+    def __init__(self, hf_config, qkv_bias: bool = False, qk_norm: bool = False, quant: QuantConfig | None = None) -> None:
         super().__init__()
-        self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm)
+        self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm, quant)
         self.model = DecoderModel(spec)
         self.lm_head = None if spec.tie_word_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         self._hf_config = hf_config
@@ -161,9 +173,11 @@ class DecoderForCausalLM(nn.Module):
         return torch.nn.functional.linear(hidden, weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into our (partly fused) parameters; fail on anything missing or unknown."""
-        params = dict(self.named_parameters())
-        loaded: dict[str, int] = {}
+        """Copy HF-named tensors into our (partly fused, maybe packed) tensors; fail on anything missing or unknown."""
+        modules = dict(self.named_modules())
+        tensors = dict(self.named_parameters())
+        tensors.update((n, b) for n, b in self.named_buffers() if n != "cos_sin_cache")
+        loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name or (self.lm_head is None and name == "lm_head.weight"):
                 continue
@@ -172,17 +186,29 @@ class DecoderForCausalLM(nn.Module):
                 if f".{hf_part}." in name:
                     target, shard = name.replace(f".{hf_part}.", f".{ours}."), index
                     break
-            if target not in params:
+            if target not in tensors:
                 raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
-            param = params[target]
-            if shard is None:
-                _copy_checked(param.data, tensor, name)
-            else:
+            module_name, tensor_name = target.rsplit(".", 1)
+            destination = tensors[target].data
+            if shard is not None:
                 sizes = self._shard_sizes(target)
                 start = sum(sizes[:shard])
-                _copy_checked(param.data.narrow(0, start, sizes[shard]), tensor, name)
-            loaded[target] = loaded.get(target, 0) + 1
-        missing = [n for n in params if n not in loaded]
+                module = modules[module_name]
+                if isinstance(module, QuantLinear):
+                    destination = module.shard(tensor_name, start, sizes[shard])
+                    if destination is None:  # g_idx: the fused parts share one input, so one g_idx
+                        destination = tensors[target].data
+                        if target in loaded and not torch.equal(destination, tensor.to(destination.dtype)):
+                            raise ValueError(f"checkpoint tensor {name!r} differs from its fused siblings' g_idx")
+                else:
+                    destination = destination.narrow(0, start, sizes[shard])
+            _copy_checked(destination, tensor, name)
+            loaded.add(target)
+        for module_name, module in modules.items():
+            if isinstance(module, QuantLinear):
+                module.finalize(has_g_idx=f"{module_name}.g_idx" in loaded)
+                loaded.add(f"{module_name}.g_idx")
+        missing = [n for n in tensors if n not in loaded]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
 
@@ -196,4 +222,4 @@ class DecoderForCausalLM(nn.Module):
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-    dst.copy_(src)
+    dst.copy_(src.to(dst.dtype))

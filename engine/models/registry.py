@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..quant.config import QuantConfig
 from .llama import DecoderForCausalLM
 
 # Architecture -> decoder flags; qkv_bias defaults to the config's ``attention_bias``.
@@ -17,7 +18,7 @@ _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "q
                 "qwen3": "Qwen3ForCausalLM"}
 
 
-def build_model(hf_config) -> nn.Module:
+def build_model(hf_config, quant: QuantConfig | None = None) -> nn.Module:
     names = list(getattr(hf_config, "architectures", None) or [])
     names.append(_MODEL_TYPES.get(hf_config.model_type, hf_config.model_type))  # GGUF configs list none
     for name in names:
@@ -27,5 +28,6 @@ def build_model(hf_config) -> nn.Module:
                 hf_config,
                 qkv_bias=flags.get("qkv_bias", bool(getattr(hf_config, "attention_bias", False))),
                 qk_norm=flags.get("qk_norm", False),
+                quant=quant,
             )
     raise ValueError(f"architecture {names[0]!r} is not supported; supported: {sorted(_ARCHITECTURES)}")

@@ -26,7 +26,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 EXAMPLES = 12 if DEVICE.type == "cpu" else 60
 
 TESTED_OPS = {"store_kv", "paged_attention_decode", "paged_attention_prefill", "rms_norm", "rotary_embedding",
-              "silu_and_mul"}
+              "silu_and_mul", "w4a16_gemm"}
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -171,6 +171,32 @@ def test_silu_and_mul(rows, d, dtype, seed):
     out = torch.full((rows, d), float("nan"), dtype=dtype, device=DEVICE)
     got = kernels.silu_and_mul.triton(x, out=out)
     assert relative_error(got, kernels.silu_and_mul.reference(x)) < TOLERANCE[dtype]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(fmt=st.sampled_from(["awq", "gptq4", "gptq8"]), rows=st.integers(1, 20), k_groups=st.integers(1, 3),
+       group_size=st.sampled_from([32, 64]), n=st.sampled_from([8, 64, 72]), act_order=st.booleans(),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_w4a16_gemm(fmt, rows, k_groups, group_size, n, act_order, dtype, seed):
+    from kernels.quant_pack import pack_awq, pack_gptq
+
+    gen = torch.Generator().manual_seed(seed)
+    bits = 8 if fmt == "gptq8" else 4
+    k = k_groups * group_size
+    codes = torch.randint(0, 1 << bits, (k, n), generator=gen)
+    zeros = torch.randint(0, 1 << bits, (k_groups, n), generator=gen)
+    scales = (torch.rand(k_groups, n, generator=gen) * 0.1).half()
+    g_idx = (torch.arange(k) // group_size).int()
+    if act_order and fmt != "awq":
+        g_idx = g_idx[torch.randperm(k, generator=gen)]
+    qweight, qzeros = pack_awq(codes, zeros) if fmt == "awq" else pack_gptq(codes, zeros, bits, v1=False)
+    packed = [t.to(DEVICE) for t in (qweight, scales, qzeros, g_idx)]
+    x = torch.randn(rows, k, generator=gen).to(dtype).to(DEVICE)
+    out = torch.full((rows, n), float("nan"), dtype=dtype, device=DEVICE)
+    kind = "awq" if fmt == "awq" else "gptq"
+    got = kernels.w4a16_gemm.triton(x, *packed, group_size, kind, out=out)
+    want = kernels.w4a16_gemm.reference(x.float(), *packed, group_size, kind)
+    assert relative_error(got, want) < TOLERANCE[dtype]
 
 
 def test_the_dispatcher_follows_engine_kernels(monkeypatch):

@@ -1,0 +1,64 @@
+"""A linear layer over AWQ/GPTQ packed weights, computing through ``kernels.w4a16_gemm``.
+
+Fused projections (q/k/v, gate/up) concatenate their parts along the output dimension; the
+packed tensors' output-dimension stride differs per tensor, which ``shard`` accounts for.
+After loading, ``finalize`` turns GPTQ v1 zeros into true zeros and fills a missing g_idx.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import kernels
+from kernels.quant_pack import pack_cols, unpack_cols
+
+from .config import QuantConfig
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantConfig) -> None:
+        super().__init__()
+        k, n, pf = in_features, out_features, config.pack_factor
+        group_size = k if config.group_size == -1 else config.group_size
+        if k % group_size or n % pf or (config.method == "gptq" and k % pf):
+            raise ValueError(f"a {k}x{n} layer cannot be packed with group_size={config.group_size}, "
+                             f"{config.bits} bits")
+        groups = k // group_size
+        self.config, self.group_size = config, group_size
+        self.in_features, self.out_features = k, n
+        qweight_shape = (k, n // 8) if config.method == "awq" else (k // pf, n)
+        self.register_buffer("qweight", torch.empty(qweight_shape, dtype=torch.int32))
+        self.register_buffer("qzeros", torch.empty((groups, n // pf), dtype=torch.int32))
+        self.register_buffer("scales", torch.empty((groups, n), dtype=torch.float16))
+        self.register_buffer("g_idx", torch.empty((k,), dtype=torch.int32))
+        self.bias = nn.Parameter(torch.empty(n)) if bias else None
+
+    def columns_per_entry(self, name: str) -> int:
+        """How many output columns one entry of this tensor's last dimension covers."""
+        if name == "qzeros" or (name == "qweight" and self.config.method == "awq"):
+            return self.config.pack_factor
+        return 1
+
+    def shard(self, name: str, start: int, size: int) -> torch.Tensor | None:
+        """The slice of a fused tensor that holds output columns ``start .. start + size`` (None: shared)."""
+        if name == "g_idx":
+            return None
+        tensor = getattr(self, name)
+        per = self.columns_per_entry(name)
+        return tensor.narrow(tensor.dim() - 1, start // per, size // per)
+
+    @torch.no_grad()
+    def finalize(self, has_g_idx: bool) -> None:
+        if self.config.v1_zeros:
+            zeros = unpack_cols(self.qzeros, self.config.bits) + 1
+            if int(zeros.max()) >= 1 << self.config.bits:
+                raise ValueError("GPTQ v1 qzeros hold a zero point past the top code; the checkpoint is corrupt")
+            self.qzeros.copy_(pack_cols(zeros, self.config.bits))
+        if not has_g_idx:  # AWQ, and GPTQ files written without one
+            self.g_idx.copy_(torch.arange(self.in_features, device=self.g_idx.device) // self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = kernels.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
+                                 self.config.method)
+        return out if self.bias is None else out + self.bias

@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeat for several)")
     _add_engine_flags(gen)
 
+    quant = commands.add_parser("quantize", help="write an AWQ or GPTQ checkpoint from a full-precision model folder")
+    quant.add_argument("model", help="a Hugging Face model folder (safetensors)")
+    quant.add_argument("out", help="the folder to write")
+    quant.add_argument("--method", choices=("gptq", "awq", "rtn"), default="gptq")
+    quant.add_argument("--bits", type=int, default=4, choices=(4, 8))
+    quant.add_argument("--group-size", type=int, default=128)
+    quant.add_argument("--sym", action="store_true", help="GPTQ: symmetric (zero point fixed at the middle code)")
+    quant.add_argument("--desc-act", action="store_true", help="GPTQ: act-order (columns by decreasing Hessian diagonal)")
+    quant.add_argument("--calibration", default=None, help="a text file (default: the calibration text shipped with engine)")
+    quant.add_argument("--calibration-tokens", type=int, default=2048)
+
     serve = commands.add_parser("serve", help="serve the OpenAI API and the Open Inference Protocol over HTTP")
     serve.add_argument("model", nargs="?", default=None, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -95,6 +106,17 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.quant.quantize import quantize
+
+    text = Path(args.calibration).read_text() if args.calibration else None
+    quantize(args.model, args.out, method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
+             desc_act=args.desc_act, calibration_text=text, num_calibration_tokens=args.calibration_tokens)
+    return 0
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from sse_starlette.sse import AppStatus
@@ -123,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": run_generate, "serve": run_serve}[args.command](args)
+        return {"generate": run_generate, "serve": run_serve, "quantize": run_quantize}[args.command](args)
     except ValueError as err:
         print(f"engine: error: {err}", file=sys.stderr)
         return 2

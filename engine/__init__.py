@@ -10,6 +10,7 @@ from .config import EngineConfig
 from .llm import LLM, InvalidPromptError
 from .llm_engine import LLMEngine
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput
+from .quant.quantize import quantize
 from .sampling_params import InvalidSamplingParam, SamplingParams
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -26,4 +27,5 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "quantize",
 ]

@@ -25,13 +25,13 @@ def default_model() -> Path:
     return default_model_folder()
 
 
-def _tiny_config(arch: str, vocab_size: int):
+def _tiny_config(arch: str, vocab_size: int, initializer_range: float):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        initializer_range=0.2, tie_word_embeddings=False, eos_token_id=2, bos_token_id=1,
+        initializer_range=initializer_range, tie_word_embeddings=False, eos_token_id=2, bos_token_id=1,
     )
     if arch == "llama":
         return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
@@ -46,22 +46,27 @@ def _tiny_config(arch: str, vocab_size: int):
 
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory, default_model):
-    """``make(arch)`` -> folder of a random-weight model (safetensors) with the default model's tokenizer."""
+    """``make(arch)`` -> folder of a random-weight model (safetensors) with the default model's tokenizer.
+
+    ``initializer_range`` 0.2 gives peaked next-token distributions (few greedy near-ties);
+    smaller values give smoother ones.
+    """
     from transformers import AutoModelForCausalLM
 
     made: dict[str, Path] = {}
 
-    def make(arch: str) -> Path:
-        if arch not in made:
+    def make(arch: str, initializer_range: float = 0.2) -> Path:
+        key = f"{arch}-{initializer_range}"
+        if key not in made:
             torch.manual_seed(0)
-            config = _tiny_config(arch, vocab_size=49152)
+            config = _tiny_config(arch, vocab_size=49152, initializer_range=initializer_range)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+            folder = tmp_path_factory.mktemp(f"tiny-{key}")
             model.save_pretrained(folder, safe_serialization=True)
             for file in default_model.iterdir():
                 if file.name not in MODEL_FILES:
                     shutil.copy(file, folder / file.name)
-            made[arch] = folder
-        return made[arch]
+            made[key] = folder
+        return made[key]
 
     return make

@@ -1,0 +1,80 @@
+"""Quantization quality and speed: perplexity of fp, RTN, GPTQ and AWQ versions of one model on a
+held-out text, and decode throughput of the w4a16 path against the full-precision one, in one run.
+
+    python -m benchmarks.quant --group-size 64 --out benchmarks/results/quant.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from engine import LLM, SamplingParams, quantize
+from engine.loader.resolve import default_model_folder
+
+HELDOUT = Path(__file__).with_name("data") / "heldout.txt"
+
+
+def perplexity(llm: LLM, text: str, max_tokens: int) -> float:
+    ids = llm.get_tokenizer().encode(text)[:max_tokens]
+    out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+    nll = -sum(entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1)
+    return math.exp(nll)
+
+
+def throughput(llm: LLM, num_requests: int, input_len: int, output_len: int) -> float:
+    prompts = [{"prompt_token_ids": [(17 * i + j) % 30000 + 200 for j in range(input_len)]} for i in range(num_requests)]
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    llm.generate(prompts[:1], SamplingParams(max_tokens=2), use_tqdm=False)
+    started = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return num_requests * output_len / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="a safetensors folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens scored")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quant.json"))
+    args = parser.parse_args()
+    source = Path(args.model) if args.model else default_model_folder()
+    text = HELDOUT.read_text()
+    results = {"model": source.name, "group_size": args.group_size, "bits": 4,
+               "machine": f"{platform.machine()} {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}",
+               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               "command": f"python -m benchmarks.quant --group-size {args.group_size}", "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {"fp": source}
+        for method in ("rtn", "gptq", "awq"):
+            started = time.perf_counter()
+            folders[method] = quantize(source, Path(tmp) / method, method=method, group_size=args.group_size)
+            results["variants"][method] = {"quantize_seconds": time.perf_counter() - started}
+        for name, folder in folders.items():
+            llm = LLM(str(folder), max_model_len=2048)
+            entry = results["variants"].setdefault(name, {})
+            entry["perplexity"] = perplexity(llm, text, args.tokens)
+            if name in ("fp", "gptq"):
+                entry["decode_tokens_per_s"] = throughput(llm, 16, 64, 32)
+            del llm
+    fp = results["variants"]["fp"]["perplexity"]
+    for name, entry in results["variants"].items():
+        entry["perplexity_gap_to_fp"] = entry["perplexity"] - fp
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"{'variant':8s} {'perplexity':>11s} {'gap to fp':>10s} {'tok/s':>8s}")
+    for name, entry in results["variants"].items():
+        speed = f"{entry['decode_tokens_per_s']:8.1f}" if "decode_tokens_per_s" in entry else " " * 8
+        print(f"{name:8s} {entry['perplexity']:11.3f} {entry['perplexity_gap_to_fp']:+10.3f} {speed}")
+
+
+if __name__ == "__main__":
+    main()

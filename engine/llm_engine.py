@@ -127,7 +127,8 @@ class LLMEngine:
         )
         now = time.monotonic()
         forks = [fork_id(request_id, index) for index in range(1, params.n)]
-        request = Request(request_id, prompt_token_ids, stop, arrival_time=now, fork_ids=forks)
+        request = Request(request_id, prompt_token_ids, stop, arrival_time=now, fork_ids=forks,
+                          skip_prefix_cache=params.prompt_logprobs is not None)
         generators = [None] * params.n
         if params.seed is not None:  # sequence i of a seeded request draws from seed + i
             generators = [torch.Generator(device=self.runtime.device).manual_seed(params.seed + i) for i in range(params.n)]

@@ -52,6 +52,8 @@ class Request:
     stop_reason: int | str | None = None
     num_preemptions: int = 0
     num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache at first admission
+    # Compute every token even if cached: prompt log-probabilities need the logits of each position.
+    skip_prefix_cache: bool = False
     # n > 1: ids of the sequences this one forks into when its prompt is done. They share the
     # prompt's KV blocks and each draws its own first token from the same logits.
     fork_ids: list[str] = field(default_factory=list)

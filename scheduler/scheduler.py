@@ -39,8 +39,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
-        self.prefix_cache_queries = 0  # tokens of admitted requests looked up in the prefix cache
-        self.prefix_cache_hits = 0  # of those, tokens found
+        self.prefix_cache_queries = 0  # tokens (prompt, and output after a preemption) looked up at admission
+        self.prefix_cache_hits = 0  # of those, tokens found in the cache
         self._num_spare_reserved = 0
 
     @property
@@ -116,7 +116,8 @@ class Scheduler:
             if seats_taken + request.num_seats > self.config.max_num_seqs:
                 break
             cached = 0
-            if request.num_computed_tokens == 0:
+            looks_up = not request.skip_prefix_cache  # the block manager finds nothing with caching off
+            if looks_up and request.num_computed_tokens == 0:
                 cached = self.block_manager.take_cached_prefix(
                     request.request_id, request.num_tokens, request.token_ids_from)
                 request.num_computed_tokens = cached
@@ -128,8 +129,9 @@ class Scheduler:
                 break
             if request.num_cached_tokens is None:
                 request.num_cached_tokens = cached
-            self.prefix_cache_queries += request.num_tokens
-            self.prefix_cache_hits += cached
+            if looks_up and self.config.enable_prefix_caching:
+                self.prefix_cache_queries += request.num_tokens
+                self.prefix_cache_hits += cached
             seats_taken += request.num_seats
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING

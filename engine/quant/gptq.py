@@ -4,6 +4,11 @@ the columns not yet quantized, weighted by the inverse Hessian of the layer's in
 Works on an HF weight ``[N, K]`` (rows = outputs, columns = inputs). With act-order the columns
 are visited by decreasing Hessian diagonal (the inputs with most energy first) and groups are
 cut in that order; ``g_idx`` records each input's group, as GPTQ files do.
+
+Damping defaults to 10% of the mean Hessian diagonal (AutoGPTQ uses 1% with ~250k calibration
+tokens): with the ~1k-token text we ship, a K=1536 layer's Hessian is rank-deficient, and 1%
+over-fits the calibration text (measured on SmolLM2's down_proj: held-out output error above
+plain rounding at 1%, below it at 10%).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ BLOCK = 128  # columns updated together before the lazy batch update
 
 
 @torch.no_grad()
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, damp_percent: float = 0.01) -> Quantized:
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, damp_percent: float = 0.1) -> Quantized:
     w = weight.double().clone()  # [N, K]
     n, k = w.shape
     h = hessian.double().clone()

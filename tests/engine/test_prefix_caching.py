@@ -59,3 +59,12 @@ def test_caching_with_preemption_n2_and_abort_leaks_nothing(default_model):
     engine.abort("gone")
     engine.check_invariants()
     assert engine.scheduler.block_manager.num_used_blocks == 0
+
+
+def test_prompt_logprobs_are_complete_when_the_prompt_is_cached(default_model):
+    llm = LLM(str(default_model), max_model_len=512)
+    prompt = SYSTEM + QUESTIONS[0]
+    llm.generate(prompt, PARAMS, use_tqdm=False)  # warms the cache with this prompt's blocks
+    out = llm.generate(prompt, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+    assert len(out.prompt_logprobs) == len(out.prompt_token_ids) and out.num_cached_tokens == 0
+    assert all(entry is not None for entry in out.prompt_logprobs[1:])

@@ -1,5 +1,5 @@
 """Deterministic unit tests of the scheduler: chunked prefill, mixed batches, preemption,
-stop rules, validation, aborts and the block pool's LRU order."""
+stop rules, validation, aborts, the block pool's LRU order, forks and prefix caching."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from scheduler import (
     SchedulerOutput,
     StopConditions,
 )
+from scheduler.prefix_hash import hash_block
 
 
 def make_scheduler(
@@ -25,6 +26,7 @@ def make_scheduler(
     block_size: int = 4,
     num_blocks: int = 64,
     max_model_len: int = 64,
+    enable_prefix_caching: bool = False,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(
@@ -33,6 +35,7 @@ def make_scheduler(
             block_size=block_size,
             num_blocks=num_blocks,
             max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
         )
     )
 
@@ -648,3 +651,236 @@ def test_add_rejects_forks_that_could_never_run_or_reuse_ids():
     with pytest.raises(ValueError):
         sched.add(Request("y", [1], StopConditions(max_tokens=1), fork_ids=["y#1", "y#1"]))
     assert set(sched.requests) == {"a"} and list(sched.waiting) == [sched.requests["a"]]
+
+
+# --------------------------------------------------------------------------- (k) prefix caching
+
+
+def cached_scheduler(**kwargs) -> Scheduler:
+    return make_scheduler(enable_prefix_caching=True, **kwargs)
+
+
+def test_same_three_block_prompt_reuses_two_blocks_and_is_scheduled_from_there():
+    sched = cached_scheduler(block_size=4)
+    bm = sched.block_manager
+    a = make_request("a", 12)
+    sched.add(a)
+    out, _ = step(sched)
+    assert a.num_cached_tokens == 0 and out.scheduled[0].start_pos == 0
+    a_table = bm.block_table("a")
+    assert bm.pool.num_cached_blocks == 3  # 12 tokens computed: all three blocks are full
+
+    b = make_request("b", 12)  # the same prompt
+    sched.add(b)
+    out, _ = step(sched)
+    item = by_id(out)["b"]
+    # Two of the three blocks come from the cache; the last is recomputed for its logits.
+    assert b.num_cached_tokens == 8
+    assert (item.start_pos, item.token_ids, item.num_samples) == (8, b.prompt_token_ids[8:], 1)
+    assert item.block_table[:2] == a_table[:2] and item.block_table[2] not in a_table
+    assert [bm.pool.blocks[i].ref_count for i in a_table] == [2, 2, 1]  # a still runs: shared
+    assert b.num_computed_tokens == 12 and b.output_token_ids == [1]
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3, 4, 5, 8, 9, 11, 13, 16])
+def test_cached_tokens_are_the_full_blocks_before_the_last_prompt_token(prompt_len):
+    sched = cached_scheduler(block_size=4)
+    sched.add(make_request("a", prompt_len, max_tokens=1))
+    step(sched)  # a finishes: its computed full blocks stay cached, free
+    b = make_request("b", prompt_len)
+    sched.add(b)
+    out, _ = step(sched)
+    expected = (prompt_len - 1) // 4 * 4
+    assert b.num_cached_tokens == expected
+    assert out.scheduled[0].start_pos == expected
+    assert out.scheduled[0].token_ids == b.prompt_token_ids[expected:]
+    assert sched.prefix_cache_hits == expected
+
+
+def test_freed_request_blocks_stay_cached_and_are_revived():
+    sched = cached_scheduler(block_size=4, num_blocks=16)
+    bm, pool = sched.block_manager, sched.block_manager.pool
+    a = make_request("a", 10, max_tokens=1)
+    sched.add(a)
+    out, finished = step(sched)
+    assert finished == [a]
+    a_table = out.scheduled[0].block_table  # 2 full blocks and a partial one
+    assert bm.num_used_blocks == 0 and bm.num_free_blocks == 16
+    assert pool.num_cached_blocks == 2
+    for index, block_id in enumerate(a_table[:2]):
+        block = pool.blocks[block_id]
+        assert block.ref_count == 0 and pool.is_free(block)
+        assert block.token_ids == tuple(a.prompt_token_ids[index * 4 : index * 4 + 4])
+    assert pool.blocks[a_table[2]].block_hash is None  # partial: never cached
+
+    b = make_request("b", 10)
+    sched.add(b)
+    out = sched.schedule()
+    (item,) = out.scheduled
+    assert (item.start_pos, item.token_ids) == (8, b.prompt_token_ids[8:])
+    assert item.block_table[:2] == a_table[:2]
+    for block_id in a_table[:2]:  # revived: one holder, out of the free queue
+        assert pool.blocks[block_id].ref_count == 1 and not pool.is_free(pool.blocks[block_id])
+    assert bm.num_free_blocks == 16 - 3 and pool.num_evictions == 0
+    bm.check_invariants()
+
+
+def test_block_pool_evicts_least_recently_freed_cached_block_and_spares_revived_ones():
+    pool = BlockPool(4)
+    blocks = pool.allocate(4)
+    hashes = []
+    for i, block in enumerate(blocks):
+        hashes.append(hash_block(None, (i, i)))
+        pool.cache(block, hashes[i], None, (i, i))
+    for i in (2, 0, 3, 1):
+        pool.free([blocks[i]])
+    assert pool.num_cached_blocks == 4 and pool.num_free_blocks == 4
+
+    revived = pool.take_cached(hashes[2], (2, 2))  # the least recently freed one
+    assert revived is blocks[2] and revived.ref_count == 1 and not pool.is_free(revived)
+    (taken,) = pool.allocate(1)
+    assert taken is blocks[0]  # the least recently freed of those still free: evicted
+    assert taken.block_hash is None and taken.token_ids is None
+    assert pool.take_cached(hashes[0], (0, 0)) is None
+    assert pool.num_evictions == 1 and pool.num_cached_blocks == 3
+    assert pool.take_cached(hashes[3], (3, 3)) is blocks[3]
+    (taken,) = pool.allocate(1)
+    assert taken is blocks[1] and pool.num_evictions == 2
+    assert blocks[2].block_hash == hashes[2] and blocks[3].block_hash == hashes[3]  # held: kept
+    with pytest.raises(RuntimeError):
+        pool.allocate(1)
+    pool.check_cache()
+
+
+def test_scheduler_evicts_the_earlier_finished_requests_blocks_first():
+    sched = cached_scheduler(block_size=4, num_blocks=8, max_model_len=32)
+    pool = sched.block_manager.pool
+    a = make_request("a", 9, max_tokens=1, first_token=100)
+    b = make_request("b", 9, max_tokens=1, first_token=200)
+    tables = {}
+    for r in (a, b):  # one after the other: a's blocks are freed first
+        sched.add(r)
+        out, finished = step(sched)
+        assert finished == [r]
+        tables[r.request_id] = out.scheduled[0].block_table
+    assert pool.num_cached_blocks == 4
+    content = {rid: [(pool.blocks[i].block_hash, pool.blocks[i].token_ids) for i in tables[rid][:2]] for rid in "ab"}
+
+    sched.add(make_request("c", 20, max_tokens=1, first_token=300))  # 5 blocks: 2 never used, then a's 3
+    out, _ = step(sched)
+    assert out.scheduled[0].block_table == [6, 7, *tables["a"][::-1]]
+    assert pool.num_evictions == 2  # a's two cached blocks (its third one was partial)
+    cached_now = {(b.block_hash, b.token_ids) for b in pool.blocks if b.block_hash is not None}
+    assert not set(content["a"]) & cached_now
+    assert set(content["b"]) <= cached_now
+
+    d = make_request("d", 9, first_token=200)  # b's prompt: still cached
+    sched.add(d)
+    out, _ = step(sched)
+    assert d.num_cached_tokens == 8 and by_id(out)["d"].block_table[:2] == tables["b"][:2]
+
+
+def test_block_whose_hash_matches_but_tokens_differ_is_not_used():
+    pool = BlockPool(2)
+    (block,) = pool.allocate(1)
+    claimed = (1, 2, 3, 4)
+    # As if (5, 6, 7, 8) collided with (1, 2, 3, 4): cached under the other tokens' hash.
+    pool.cache(block, hash_block(None, claimed), None, (5, 6, 7, 8))
+    pool.free([block])
+    assert pool.take_cached(hash_block(None, claimed), claimed) is None
+    assert block.ref_count == 0 and pool.is_free(block)  # not revived either
+    with pytest.raises(AssertionError, match="hash does not match"):
+        pool.check_cache()
+
+    # Through the block manager: a request starting with (1, 2, 3, 4) finds nothing.
+    bm = BlockManager(num_blocks=4, block_size=4, enable_caching=True)
+    (block,) = bm.pool.allocate(1)
+    bm.pool.cache(block, hash_block(None, claimed), None, (5, 6, 7, 8))
+    bm.pool.free([block])
+    tokens = list(range(1, 10))
+    assert bm.take_cached_prefix("r", 9, lambda start, count: tokens[start : start + count]) == 0
+    assert bm.block_table("r") == [] and block.ref_count == 0
+
+
+def test_caching_off_never_hits():
+    sched = make_scheduler(block_size=4, enable_prefix_caching=False)
+    for rid in ("a", "b", "c"):
+        request = make_request(rid, 12, max_tokens=1 if rid == "a" else 100)
+        sched.add(request)
+        out, _ = step(sched)
+        assert by_id(out)[rid].start_pos == 0 and by_id(out)[rid].token_ids == request.prompt_token_ids
+        assert request.num_cached_tokens == 0
+    assert sched.prefix_cache_hits == 0
+    pool = sched.block_manager.pool
+    assert pool.num_cached_blocks == 0 and pool.num_evictions == 0
+    assert all(b.block_hash is None for b in pool.blocks)
+
+
+def test_preempted_request_hits_its_own_cached_blocks_when_rescheduled():
+    sched = cached_scheduler(block_size=4, num_blocks=5, max_model_len=20)
+    bm = sched.block_manager
+    a = make_request("a", 10, max_tokens=2, first_token=10)
+    c = make_request("c", 8, first_token=20)
+    sched.add(a)
+    sched.add(c)
+    out, _ = step(sched, token={"a": 1, "c": 3})  # a: 3 blocks, c: 2 (both full, cached)
+    assert bm.num_free_blocks == 0
+    c_table = bm.block_table("c")
+
+    out, finished = step(sched, token={"a": 1})  # c needs a third block: the newest, it goes
+    assert out.preempted_ids == ["c"] and finished == [a]
+    assert c.status is RequestStatus.PREEMPTED and bm.block_table("c") == []
+    assert all(bm.pool.blocks[i].block_hash is not None for i in c_table)
+
+    out, _ = step(sched, token={"c": 4})
+    item = by_id(out)["c"]
+    # Only the generated token is recomputed: the prompt's K/V are its own cached blocks.
+    assert (item.start_pos, item.token_ids, item.num_samples) == (8, [3], 1)
+    assert item.block_table[:2] == c_table
+    assert c.num_cached_tokens == 0  # first admission found nothing; set once
+    assert c.output_token_ids == [3, 4] and c.num_preemptions == 1
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (10 + 8 + 9, 8)
+
+
+def test_admission_that_fails_after_a_hit_gives_the_blocks_back_and_retries():
+    sched = cached_scheduler(block_size=4, num_blocks=4, max_model_len=16)
+    bm, pool = sched.block_manager, sched.block_manager.pool
+    a = make_request("a", 8, max_tokens=1, first_token=100)
+    b = make_request("b", 7, first_token=200)
+    sched.add(a)
+    sched.add(b)
+    out, finished = step(sched)
+    assert finished == [a]
+    a_table = by_id(out)["a"].block_table  # free, cached
+    c = Request("c", a.prompt_token_ids + list(range(300, 308)), StopConditions(max_tokens=5))
+    sched.add(c)
+
+    out, _ = step(sched)  # c finds 8 tokens but needs 2 more blocks with none free
+    assert [s.request_id for s in out.scheduled] == ["b"]
+    assert list(sched.waiting) == [c] and bm.block_table("c") == []
+    assert c.num_computed_tokens == 0 and c.num_cached_tokens is None
+    assert all(pool.blocks[i].ref_count == 0 and pool.blocks[i].block_hash is not None for i in a_table)
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (8 + 7, 0)
+
+    sched.abort("b")
+    out, _ = step(sched)
+    item = by_id(out)["c"]
+    assert (item.start_pos, item.token_ids) == (8, c.prompt_token_ids[8:])
+    assert item.block_table[:2] == a_table and c.num_cached_tokens == 8
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (8 + 7 + 16, 8)
+
+
+def test_prefix_cache_counters_add_up_admitted_tokens_and_hits():
+    sched = cached_scheduler(block_size=4)
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (0, 0)
+    sched.add(make_request("a", 12, first_token=100))
+    step(sched)
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (12, 0)
+    sched.add(make_request("b", 12, first_token=100))  # same prompt: 8 found
+    sched.add(make_request("c", 6, first_token=100))  # its first 4 tokens: 4 found
+    sched.add(make_request("d", 6, first_token=500))  # nothing in common
+    step(sched)
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (12 + 12 + 6 + 6, 8 + 4)
+    assert [sched.requests[r].num_cached_tokens for r in "abcd"] == [0, 8, 4, 0]
+    step(sched)  # running requests are not looked up again
+    assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (36, 12)

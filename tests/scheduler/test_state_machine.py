@@ -1,7 +1,13 @@
 """Stateful property test of the scheduler: random adds (some forking into n > 1 sequences),
 steps, external finishes and aborts over a small KV pool, with the block-accounting, budget,
 preemption, fork and liveness invariants checked after every rule and a full drain at the end
-of every run."""
+of every run.
+
+With prefix caching on (drawn per run), prompts often share one of a few random prefixes or
+extend an earlier request's history, so that cache hits, revivals of free cached blocks and
+evictions all happen. A shadow KV cache (each slot holds the identity of the prefix whose K/V
+were written there) checks that every scheduled request attends to exactly its own tokens,
+whether they were computed by itself, shared at a fork or found in the prefix cache."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from scheduler import (
     SchedulerOutput,
     StopConditions,
 )
+from scheduler.prefix_hash import hash_block
 
 VOCAB = list(range(8))
 MAX_DRAIN_STEPS = 10_000
@@ -40,14 +47,24 @@ def configs(draw) -> SchedulerConfig:
         block_size=block_size,
         num_blocks=num_blocks,
         max_model_len=max_model_len,
+        # On in 3 runs out of 4 (shrinking towards off).
+        enable_prefix_caching=draw(st.booleans()) or draw(st.booleans()),
     )
 
 
 class SchedulerMachine(RuleBasedStateMachine):
-    @initialize(config=configs())
-    def setup(self, config: SchedulerConfig) -> None:
+    @initialize(config=configs(), data=st.data())
+    def setup(self, config: SchedulerConfig, data) -> None:
         self.config = config
         self.scheduler = Scheduler(config)
+        # A few shared prompt prefixes (a few blocks, not always block-aligned) from the small vocab.
+        bs = config.block_size
+        longest = max(1, min(config.max_model_len // 2, 4 * max(bs, 4)))
+        self.prefixes = []
+        for i in range(data.draw(st.integers(2, 3), label="num_prefixes")):
+            blocks = data.draw(st.integers(1, 4), label=f"prefix{i}_blocks")
+            size = min(longest, blocks * bs + data.draw(st.integers(0, bs - 1), label=f"prefix{i}_extra"))
+            self.prefixes.append(data.draw(st.lists(st.sampled_from(VOCAB), min_size=size, max_size=size)))
         self.next_id = 0
         self.all_requests: dict[str, Request] = {}  # every request ever added, live or finished
         self.finished_ids: set[str] = set()
@@ -57,6 +74,171 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.pending_forks: dict[str, list[str]] = {}
         self.parent_of: dict[str, str] = {}
         self.shared_holders: dict[int, frozenset[str]] = {}
+        self._setup_cache_model()
+
+    # ------------------------------------------------------------------ prefix-cache model
+
+    def _setup_cache_model(self) -> None:
+        """Shadow state, and checks wrapped around the pool's allocate/take_cached and the block
+        manager's take_cached_prefix (instance attributes: the scheduler calls them as usual)."""
+        cfg = self.config
+        bm = self.scheduler.block_manager
+        pool = bm.pool
+        # Shadow KV cache: block id -> one entry per slot, the id of the prefix (all tokens up to
+        # and including that position) whose K/V the engine wrote there; None if never written.
+        self.kv: dict[int, list[int | None]] = {b: [None] * cfg.block_size for b in range(cfg.num_blocks)}
+        self._prefix_ids: dict[tuple[int, int], int] = {}  # (id of the prefix before, token) -> id
+        self._pids: dict[str, list[int]] = {}  # request id -> prefix id of each of its positions
+        self._chains: dict[str, list[bytes]] = {}  # request id -> chain hash of each of its full blocks
+        self.ever_admitted: set[str] = set()
+        self._lookups: list[tuple[str, int]] = []  # this step's take_cached_prefix calls: (id, tokens found)
+
+        def holders_of() -> dict[int, list[str]]:
+            held: dict[int, list[str]] = {}
+            for rid in bm.holders():
+                for block_id in bm.block_table(rid):
+                    held.setdefault(block_id, []).append(rid)
+            return held
+
+        original_allocate = pool.allocate
+
+        def allocate(count: int):
+            # Eviction happens here, and only to blocks nobody holds: check it at the moment it happens.
+            free_before = [b.block_id for b in pool.blocks if pool.is_free(b)]
+            hashed_before = {b.block_id: b.block_hash for b in pool.blocks if b.block_hash is not None}
+            held_before = holders_of()
+            evictions_before = pool.num_evictions
+            taken = original_allocate(count)
+            taken_ids = [b.block_id for b in taken]
+            evicted = [bid for bid in taken_ids if bid in hashed_before]
+            for block in taken:
+                assert block.block_id in free_before, f"allocated block {block.block_id}, which was not free"
+                assert block.block_id not in held_before, (
+                    f"allocated block {block.block_id} held by {held_before[block.block_id]}"
+                )
+                assert block.ref_count == 1 and block.block_hash is None and block.token_ids is None
+            for block_id, block_hash in hashed_before.items():
+                if block_id not in taken_ids:  # everything else keeps its cached content
+                    assert pool.blocks[block_id].block_hash == block_hash, f"block {block_id} lost its hash"
+            assert pool.num_evictions == evictions_before + len(evicted)
+            assert pool.num_cached_blocks == len(hashed_before) - len(evicted)
+            if evicted:
+                event("allocation evicted a cached block")
+                if len(free_before) > len(taken) and any(
+                    pool.blocks[bid].block_hash is not None for bid in free_before if bid not in taken_ids
+                ):
+                    event("eviction while other cached blocks stay free")
+            return taken
+
+        original_take_cached = pool.take_cached
+
+        def take_cached(block_hash: bytes, token_ids: tuple[int, ...]):
+            owner = next((b for b in pool.blocks if b.block_hash == block_hash), None)
+            ref_before = owner.ref_count if owner is not None else None
+            block = original_take_cached(block_hash, token_ids)
+            if owner is None or owner.token_ids != tuple(token_ids):
+                assert block is None, "take_cached served a block whose tokens differ"
+            else:
+                assert block is owner and block.block_hash == block_hash and block.token_ids == tuple(token_ids)
+                assert hash_block(block.parent_hash, block.token_ids) == block_hash
+                assert block.ref_count == ref_before + 1 and not pool.is_free(block)
+                revived = ref_before == 0
+                event("prefix hit revived a free cached block" if revived else "prefix hit shared a block in use")
+            return block
+
+        original_take_prefix = bm.take_cached_prefix
+
+        def take_cached_prefix(request_id: str, num_tokens: int, tokens):
+            # Oracle: the longest run of leading full blocks (leaving >= 1 token) cached under
+            # the request's chain hashes with its tokens.
+            expected = 0
+            if cfg.enable_prefix_caching:
+                full = tokens(0, num_tokens)
+                cached = {b.block_hash: b for b in pool.blocks if b.block_hash is not None}
+                bs = cfg.block_size
+                parent = None
+                for index in range((num_tokens - 1) // bs):
+                    chunk = tuple(full[index * bs : (index + 1) * bs])
+                    parent = hash_block(parent, chunk)
+                    if parent not in cached or cached[parent].token_ids != chunk:
+                        break
+                    expected += bs
+            assert bm.block_table(request_id) == [], f"{request_id} looks up the cache while holding blocks"
+            found = original_take_prefix(request_id, num_tokens, tokens)
+            assert found == expected, f"{request_id}: {found} cached tokens, expected {expected}"
+            assert len(bm.block_table(request_id)) * cfg.block_size == found
+            self._lookups.append((request_id, found))
+            return found
+
+        pool.allocate = allocate
+        pool.take_cached = take_cached
+        bm.take_cached_prefix = take_cached_prefix
+
+    def _tokens(self, rid: str) -> list[int]:
+        request = self.all_requests[rid]
+        return request.prompt_token_ids + request.output_token_ids
+
+    def _prefix_id_list(self, rid: str) -> list[int]:
+        """Prefix ids of every position of ``rid``'s tokens (tokens only grow: extended in place)."""
+        full = self._tokens(rid)
+        pids = self._pids.setdefault(rid, [])
+        for pos in range(len(pids), len(full)):
+            key = (pids[-1] if pids else -1, full[pos])
+            pids.append(self._prefix_ids.setdefault(key, len(self._prefix_ids)))
+        return pids
+
+    def _chain(self, rid: str) -> list[bytes]:
+        """Chain hashes of ``rid``'s full blocks, computed independently of the block manager."""
+        full = self._tokens(rid)
+        bs = self.config.block_size
+        chain = self._chains.setdefault(rid, [])
+        for index in range(len(chain), len(full) // bs):
+            chain.append(hash_block(chain[-1] if chain else None, full[index * bs : (index + 1) * bs]))
+        return chain
+
+    def _run_on_shadow_kv(self, out: SchedulerOutput) -> None:
+        """What the engine does with a step: attend to the cached context, write the new K/V."""
+        bm = self.scheduler.block_manager
+        bs = self.config.block_size
+        for item in out.scheduled:
+            pids = self._prefix_id_list(item.request_id)
+            table = item.block_table
+            # The context (positions before start_pos) holds exactly this request's prefixes.
+            for index in range(cdiv(item.start_pos, bs)):
+                upto = min(bs, item.start_pos - index * bs)
+                assert self.kv[table[index]][:upto] == pids[index * bs : index * bs + upto], (
+                    f"{item.request_id}: block {table[index]} (#{index}) holds other K/V than its tokens"
+                )
+            # It writes only into blocks nobody else holds and that are not cached.
+            for index in range(item.start_pos // bs, cdiv(item.seq_len, bs)):
+                block = bm.pool.blocks[table[index]]
+                assert block.ref_count == 1, f"{item.request_id} writes into shared block {block.block_id}"
+                assert block.block_hash is None, f"{item.request_id} overwrites cached block {block.block_id}"
+            for pos in range(item.start_pos, item.seq_len):
+                self.kv[table[pos // bs]][pos % bs] = pids[pos]
+
+    def _check_cached_blocks(self) -> None:
+        """Every cached block a request holds is at its chain's place, with its tokens, computed."""
+        bm = self.scheduler.block_manager
+        bs = self.config.block_size
+        for rid in bm.holders():
+            table = bm.block_table(rid)
+            if not table:
+                continue
+            full = self._tokens(rid)
+            chain = self._chain(rid)
+            request = self.all_requests[rid]
+            for index, block_id in enumerate(table):
+                block = bm.pool.blocks[block_id]
+                if block.block_hash is None:
+                    continue
+                assert block.token_ids == tuple(full[index * bs : (index + 1) * bs]), (
+                    f"{rid}: cached block {block_id} holds {block.token_ids}, not its tokens at #{index}"
+                )
+                assert index < len(chain) and block.block_hash == chain[index], f"{rid}: block {block_id} mis-hashed"
+                assert (index + 1) * bs <= request.num_computed_tokens, f"{rid}: cached block {block_id} not computed"
+                # Its K/V are those of this request's prefix (what a later hit will attend to).
+                assert self.kv[block_id] == self._prefix_id_list(rid)[index * bs : (index + 1) * bs]
 
     # ------------------------------------------------------------------ helpers
 
@@ -80,9 +262,23 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def _may_share(self, block_id: int, holders: list[str]) -> bool:
         """Several tables may hold a block only if it is a full prompt block shared at a fork
-        and they all belong to that fork's family."""
-        family = self.shared_holders.get(block_id)
-        return family is not None and set(holders) <= family
+        and they all belong to that fork's family, or (prefix hit) it is a cached full block
+        whose tokens are the holder's tokens at that position."""
+        bm = self.scheduler.block_manager
+        bs = self.config.block_size
+        block = bm.pool.blocks[block_id]
+        family = self.shared_holders.get(block_id, frozenset())
+        for rid in holders:
+            if rid in family:
+                continue
+            if not self.config.enable_prefix_caching or block.block_hash is None:
+                return False
+            index = bm.block_table(rid).index(block_id)
+            if block.token_ids != tuple(self._tokens(rid)[index * bs : (index + 1) * bs]):
+                return False
+        if not set(holders) <= family:
+            event("unrelated requests share a cached block")
+        return True
 
     def _check_step_output(self, out: SchedulerOutput, before: dict[str, tuple[int, int]]) -> None:
         """Checks on one schedule() result; ``before`` maps live ids to (num_computed, num_tokens)."""
@@ -94,13 +290,27 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert not set(ids) & set(out.preempted_ids), "a request was both scheduled and preempted"
         assert len(out.preempted_ids) == len(set(out.preempted_ids))
 
+        admitted = self._admitted_this_step(out)
         for item in out.scheduled:
             request = self.scheduler.requests[item.request_id]
             computed, num_tokens = before[item.request_id]
             assert request.status is RequestStatus.RUNNING
             assert item.num_tokens >= 1
-            # Continues where the cache stops (0 for a request preempted in an earlier step).
-            assert item.start_pos == computed == request.num_computed_tokens
+            if item.request_id in admitted:
+                # Admitted with nothing computed: it starts after its prefix-cache hit, whole
+                # blocks, leaving at least one token to compute (0 without caching).
+                assert computed == 0
+                assert item.start_pos == request.num_computed_tokens
+                assert item.start_pos % cfg.block_size == 0 and item.start_pos < num_tokens
+                if not cfg.enable_prefix_caching:
+                    assert item.start_pos == 0
+                if self._cached_before[item.request_id] is None:  # first admission
+                    assert request.num_cached_tokens == item.start_pos
+                else:
+                    assert request.num_cached_tokens == self._cached_before[item.request_id]
+            else:
+                # Continues where the cache stops.
+                assert item.start_pos == computed == request.num_computed_tokens
             assert item.seq_len <= num_tokens
             assert item.sample == (item.seq_len == request.num_tokens)
             full = request.prompt_token_ids + request.output_token_ids
@@ -111,7 +321,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert item.block_table == self.scheduler.block_manager.block_table(item.request_id)
 
         # Block tables of the requests running in this step are disjoint, except for the full
-        # prompt blocks a fork family shares.
+        # prompt blocks a fork family shares and the cached blocks found by prefix hits.
         seen: dict[int, list[str]] = {}
         for item in out.scheduled:
             for block_id in item.block_table:
@@ -119,6 +329,31 @@ class SchedulerMachine(RuleBasedStateMachine):
         for block_id, holders in seen.items():
             if len(holders) > 1:
                 assert self._may_share(block_id, holders), f"block {block_id} in {holders}"
+
+        # Prefix-cache bookkeeping: a lookup at each admission attempt of a request with nothing
+        # computed; the counters add up the admitted ones.
+        sched = self.scheduler
+        for rid, found in self._lookups:
+            if rid not in admitted:
+                assert sched.block_manager.block_table(rid) == [] and sched.requests[rid].num_computed_tokens == 0
+                if found:
+                    event("admission failed after a cache hit: blocks given back")
+        assert [rid for rid, _ in self._lookups if rid in admitted] == [
+            s.request_id for s in out.scheduled if s.request_id in admitted
+        ], "every admitted request looked up the cache once"
+        # The counters track lookups only when caching is on.
+        looked_up = sum(before[rid][1] for rid in admitted) if sched.config.enable_prefix_caching else 0
+        assert sched.prefix_cache_queries - self._queries_before == looked_up
+        assert sched.prefix_cache_hits - self._hits_before == sum(
+            s.start_pos for s in out.scheduled if s.request_id in admitted
+        )
+        for item in out.scheduled:
+            if item.request_id in admitted and item.start_pos:
+                event("admission hit the prefix cache")
+                if self._cached_before[item.request_id] is not None:
+                    event("preempted request re-admitted with a cache hit")
+                if item.start_pos > self.all_requests[item.request_id].num_prompt_tokens:
+                    event("cache hit covers generated tokens")
 
         # n > 1: the step that finishes the prompt samples once per sequence; any other samples once.
         for item in out.scheduled:
@@ -175,6 +410,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         before = {rid: (r.num_computed_tokens, r.num_tokens) for rid, r in sched.requests.items()}
         outputs_before = {rid: list(r.output_token_ids) for rid, r in sched.requests.items()}
         self._running_before = {r.request_id for r in sched.running}
+        self._cached_before = {rid: r.num_cached_tokens for rid, r in sched.requests.items()}
+        self._queries_before, self._hits_before = sched.prefix_cache_queries, sched.prefix_cache_hits
+        self._lookups = []
+        pool = sched.block_manager.pool
+        hashes_before = {b.block_id: b.block_hash for b in pool.blocks if b.block_hash is not None}
+        holders_before: dict[int, set[str]] = {}
+        for rid in sched.block_manager.holders():
+            for block_id in sched.block_manager.block_table(rid):
+                holders_before.setdefault(block_id, set()).add(rid)
+        evictions_before = pool.num_evictions
 
         out = sched.schedule()
         if had_work:
@@ -182,6 +427,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             assert out.is_empty and not out.preempted_ids
         self._check_step_output(out, before)
+        self.ever_admitted |= self._admitted_this_step(out)
+        self._run_on_shadow_kv(out)
         if out.preempted_ids:
             event("step preempted a request")
         if any(not s.sample for s in out.scheduled):
@@ -252,6 +499,21 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert rid not in finished_ids
         for request in finished:
             self._mark_finished(request)
+
+        # The engine copies the forks' partial blocks before the next step.
+        for src, dst in update.block_copies:
+            self.kv[dst] = list(self.kv[src])
+
+        # Cached content is only ever evicted from blocks that nobody held, or whose holders
+        # gave them back in this step (preempted or finished).
+        released = set(out.preempted_ids) | aborted | finished_ids
+        for block_id, block_hash in hashes_before.items():
+            if pool.blocks[block_id].block_hash != block_hash:
+                assert holders_before.get(block_id, set()) <= released, (
+                    f"block {block_id} evicted while held by {holders_before[block_id] - released}"
+                )
+        if pool.num_evictions > evictions_before:
+            assert self.config.enable_prefix_caching
 
         # Generated tokens survive preemption (and everything else): old outputs are a prefix.
         # (Children are new: they are not in outputs_before.)
@@ -325,20 +587,40 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(
-        prompt_frac=st.floats(0.0, 1.0),
+    _REQUEST_STRATEGIES = dict(
         max_tokens=st.integers(1, 20),
         min_tokens=st.integers(0, 5),
         eos=st.one_of(st.none(), st.sampled_from(VOCAB)),
         stop_ids=st.lists(st.sampled_from(VOCAB), max_size=2, unique=True),
         ignore_eos=st.booleans(),
         num_forks=st.sampled_from([0, 0, 0, 0, 1, 2]),
-        data=st.data(),
     )
-    def add(self, prompt_frac, max_tokens, min_tokens, eos, stop_ids, ignore_eos, num_forks, data) -> None:
+
+    @rule(prompt_frac=st.floats(0.0, 1.0), data=st.data(), **_REQUEST_STRATEGIES)
+    def add(self, prompt_frac, data, **stop) -> None:
+        prompt_len = 1 + int(prompt_frac * (self.config.max_model_len - 2))
+        self._add(data.draw(st.lists(st.sampled_from(VOCAB), min_size=prompt_len, max_size=prompt_len)), **stop)
+
+    @rule(
+        source=st.sampled_from(["prefix", "prefix", "prefix", "history"]),
+        which=st.integers(0, 10_000),
+        suffix_len=st.integers(0, 12),
+        data=st.data(),
+        **_REQUEST_STRATEGIES,
+    )
+    def add_sharing_a_prefix(self, source, which, suffix_len, data, **stop) -> None:
+        if source == "history" and self.all_requests:
+            # A follow-up turn: an earlier request's prompt and what it generated so far.
+            head = self._tokens(sorted(self.all_requests)[which % len(self.all_requests)])
+        else:
+            # One of the run's shared prefixes.
+            head = self.prefixes[which % len(self.prefixes)]
+        suffix = data.draw(st.lists(st.sampled_from(VOCAB), min_size=suffix_len, max_size=suffix_len))
+        self._add((list(head) + suffix)[: self.config.max_model_len - 1], **stop)
+
+    def _add(self, prompt, max_tokens, min_tokens, eos, stop_ids, ignore_eos, num_forks) -> None:
         cfg = self.config
-        prompt_len = 1 + int(prompt_frac * (cfg.max_model_len - 2))
-        prompt = data.draw(st.lists(st.sampled_from(VOCAB), min_size=prompt_len, max_size=prompt_len))
+        prompt_len = len(prompt)
         rid = f"r{self.next_id}"
         self.next_id += 1
         stop = StopConditions(
@@ -543,6 +825,30 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert rid in self.parent_of, f"{rid} is live but was never added nor forked"
 
     @invariant()
+    def prefix_cache_is_consistent(self) -> None:
+        sched = self.scheduler
+        bm = sched.block_manager
+        bm.check_invariants()  # also: every cached block's hash is hash_block(parent_hash, token_ids)
+        assert bm.num_free_blocks + bm.num_used_blocks == bm.num_total_blocks
+        if not self.config.enable_prefix_caching:
+            assert bm.pool.num_cached_blocks == 0 and sched.prefix_cache_hits == 0
+            assert bm.pool.num_evictions == 0
+        else:
+            assert sched.prefix_cache_hits <= sched.prefix_cache_queries
+        self._check_cached_blocks()
+        for rid, request in sched.requests.items():
+            # Set once, at the first admission: the prompt tokens found then.
+            if rid in self.ever_admitted:
+                assert request.num_cached_tokens is not None
+                assert request.num_cached_tokens % self.config.block_size == 0
+            else:
+                assert request.num_cached_tokens is None
+        for rid in self.ever_admitted:
+            request = self.all_requests[rid]
+            if self.parent_of[rid] == rid:  # added (not forked): first admitted with its prompt only
+                assert request.num_cached_tokens < request.num_prompt_tokens
+
+    @invariant()
     def progress_bounds(self) -> None:
         for request in self.scheduler.requests.values():
             # Strictly less: a live request always has a token left to compute (a prompt
@@ -567,6 +873,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.only_running_requests_hold_blocks()
             self.queues_are_consistent()
             self.forks_are_consistent()
+            self.prefix_cache_is_consistent()
             self.progress_bounds()
         else:
             raise AssertionError(f"not drained after {MAX_DRAIN_STEPS} steps: deadlock or starvation")
@@ -575,6 +882,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert sched.block_manager.num_free_blocks == self.config.num_blocks
         sched.block_manager.check_invariants()
         assert sched.schedule().is_empty
+        if self.config.enable_prefix_caching and sched.block_manager.pool.num_cached_blocks:
+            event("drained with cached blocks left free")
 
 
 SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)

@@ -54,15 +54,17 @@ def main() -> None:
                "command": f"python -m benchmarks.quant --group-size {args.group_size}", "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folders = {"fp": source}
-        for method in ("rtn", "gptq", "awq"):
+        variants = {"rtn": {"method": "rtn"}, "gptq": {"method": "gptq"},
+                    "gptq-act-order": {"method": "gptq", "desc_act": True}, "awq": {"method": "awq"}}
+        for name, options in variants.items():
             started = time.perf_counter()
-            folders[method] = quantize(source, Path(tmp) / method, method=method, group_size=args.group_size)
-            results["variants"][method] = {"quantize_seconds": time.perf_counter() - started}
+            folders[name] = quantize(source, Path(tmp) / name, group_size=args.group_size, **options)
+            results["variants"][name] = {"quantize_seconds": time.perf_counter() - started}
         for name, folder in folders.items():
             llm = LLM(str(folder), max_model_len=2048)
             entry = results["variants"].setdefault(name, {})
             entry["perplexity"] = perplexity(llm, text, args.tokens)
-            if name in ("fp", "gptq"):
+            if name in ("fp", "gptq-act-order"):
                 entry["decode_tokens_per_s"] = throughput(llm, 16, 64, 32)
             del llm
     fp = results["variants"]["fp"]["perplexity"]
@@ -70,10 +72,10 @@ def main() -> None:
         entry["perplexity_gap_to_fp"] = entry["perplexity"] - fp
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"{'variant':8s} {'perplexity':>11s} {'gap to fp':>10s} {'tok/s':>8s}")
+    print(f"{'variant':15s} {'perplexity':>11s} {'gap to fp':>10s} {'tok/s':>8s}")
     for name, entry in results["variants"].items():
         speed = f"{entry['decode_tokens_per_s']:8.1f}" if "decode_tokens_per_s" in entry else " " * 8
-        print(f"{name:8s} {entry['perplexity']:11.3f} {entry['perplexity_gap_to_fp']:+10.3f} {speed}")
+        print(f"{name:15s} {entry['perplexity']:11.3f} {entry['perplexity_gap_to_fp']:+10.3f} {speed}")
 
 
 if __name__ == "__main__":

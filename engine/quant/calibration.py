@@ -29,14 +29,19 @@ def calibration_token_ids(tokenizer, text: str | None, num_tokens: int, seq_len:
 
 
 @torch.no_grad()
-def collect_inputs(model, sequences: list[list[int]], keep_samples: bool) -> dict[str, LayerInputs]:
-    """Run ``model`` (transformers, fp32) on the sequences and gather every decoder linear's inputs."""
+def collect_inputs(model, sequences: list[list[int]], keep_samples: bool, layer: int | None = None) -> dict[str, LayerInputs]:
+    """Run ``model`` (transformers, fp32) on the sequences and gather decoder linears' inputs.
+
+    ``layer`` limits it to one decoder layer's linears (sequential GPTQ calibrates each layer on
+    the outputs of the layers already quantized).
+    """
     from .checkpoint import QUANTIZED_LINEARS
 
     stats: dict[str, LayerInputs] = {}
     hooks = []
+    wanted = f".layers.{layer}." if layer is not None else ".layers."
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in QUANTIZED_LINEARS and ".layers." in name:
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in QUANTIZED_LINEARS and wanted in name:
             stats[name] = LayerInputs(torch.zeros(module.in_features, module.in_features, dtype=torch.float64))
 
             def hook(mod, args, _out, name=name):

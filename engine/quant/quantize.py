@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..loader.weights import iter_safetensors
 from .awq import search_scales
 from .calibration import calibration_token_ids, collect_inputs
-from .checkpoint import QuantSpec, is_quantized_linear, pack, quantize_rtn, write_checkpoint
+from .checkpoint import Quantized, QuantSpec, is_quantized_linear, pack, quantize_rtn, write_checkpoint
 from .gptq import gptq_quantize
 
 logger = logging.getLogger(__name__)
@@ -39,28 +39,40 @@ def quantize(model: str | Path, out: str | Path, method: str = "gptq", bits: int
     spec = QuantSpec(fmt, bits, group_size, sym=sym and fmt == "gptq", desc_act=desc_act and method == "gptq")
     started = time.monotonic()
     tensors = dict(iter_safetensors(source))
-    stats = {}
+    quantized: dict[str, Quantized] = {}
     if method != "rtn":
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(source)
         sequences = calibration_token_ids(tokenizer, calibration_text, num_calibration_tokens, seq_len)
         logger.info("calibrating on %d tokens", sum(len(s) for s in sequences))
-        stats = collect_inputs(hf_model, sequences, keep_samples=method == "awq")
     if method == "awq":
-        _apply_awq_scales(tensors, stats, spec)
+        _apply_awq_scales(tensors, collect_inputs(hf_model, sequences, keep_samples=True), spec)
+    if method == "gptq":
+        quantized = _gptq_sequential(hf_model, sequences, spec)
     names = [n for n in tensors if is_quantized_linear(n)]
-    for name in tqdm(names, desc=f"quantize ({method})", unit="layer"):
+    for name in tqdm(names, desc=f"pack ({method})", unit="layer"):
         weight = tensors.pop(name)
         module = name.removesuffix(".weight")
-        if method == "gptq":
-            entry = stats[module]
-            quantized = gptq_quantize(weight, 2 * entry.hessian / entry.num_tokens, spec)
-        else:
-            quantized = quantize_rtn(weight, spec)
-        tensors.update({f"{module}.{key}": value for key, value in pack(quantized, spec).items()})
+        result = quantized.get(module) or quantize_rtn(weight, spec)
+        tensors.update({f"{module}.{key}": value for key, value in pack(result, spec).items()})
     write_checkpoint(source, out, tensors, spec)
     logger.info("wrote %s (%s, %d-bit, group %d) in %.1f s", out, method, bits, group_size, time.monotonic() - started)
     return out
+
+
+@torch.no_grad()
+def _gptq_sequential(hf_model, sequences: list[list[int]], spec: QuantSpec) -> dict[str, Quantized]:
+    """GPTQ one decoder layer at a time, each calibrated on the outputs of the layers before it as
+    quantized (their weights are swapped for the dequantized ones), so errors do not compound unseen."""
+    modules = dict(hf_model.named_modules())
+    results: dict[str, Quantized] = {}
+    for layer in tqdm(range(hf_model.config.num_hidden_layers), desc="gptq", unit="layer"):
+        stats = collect_inputs(hf_model, sequences, keep_samples=False, layer=layer)
+        for name, entry in stats.items():
+            linear = modules[name]
+            results[name] = gptq_quantize(linear.weight.data, 2 * entry.hessian / entry.num_tokens, spec)
+            linear.weight.data = results[name].dequantize().T.to(linear.weight.dtype).contiguous()
+    return results
 
 
 def _apply_awq_scales(tensors: dict[str, torch.Tensor], stats, spec: QuantSpec) -> None:

@@ -53,6 +53,7 @@ class BlockManager:
         return max(0, cdiv(num_tokens, self.block_size) - held)
 
     def can_allocate(self, request_id: str, num_tokens: int) -> bool:
+        """Whether ``allocate_slots(request_id, num_tokens)`` would succeed now."""
         return self.num_new_blocks(request_id, num_tokens) <= self.pool.num_free_blocks
 
     def allocate_slots(self, request_id: str, num_tokens: int, num_spare_blocks: int = 0) -> bool:

@@ -18,12 +18,3 @@ def hash_block(parent: bytes | None, token_ids: tuple[int, ...] | list[int], ext
     if extra_keys:
         digest.update(repr(extra_keys).encode())
     return digest.digest()
-
-
-def block_hashes(token_ids: list[int], block_size: int, start: int = 0, parent: bytes | None = None) -> list[bytes]:
-    """Hashes of the full blocks of ``token_ids`` from block index ``start`` on, chained from ``parent``."""
-    hashes = []
-    for index in range(start, len(token_ids) // block_size):
-        parent = hash_block(parent, token_ids[index * block_size : (index + 1) * block_size])
-        hashes.append(parent)
-    return hashes

@@ -884,3 +884,11 @@ def test_prefix_cache_counters_add_up_admitted_tokens_and_hits():
     assert [sched.requests[r].num_cached_tokens for r in "abcd"] == [0, 8, 4, 0]
     step(sched)  # running requests are not looked up again
     assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (36, 12)
+
+
+def test_can_allocate_predicts_allocate_slots():
+    bm = BlockManager(num_blocks=3, block_size=4)
+    assert bm.can_allocate("a", 12) and not bm.can_allocate("a", 13)
+    assert bm.allocate_slots("a", 5)  # 2 blocks
+    assert bm.can_allocate("a", 8) and bm.can_allocate("b", 4) and not bm.can_allocate("b", 5)
+    assert not bm.allocate_slots("b", 5) and bm.block_table("b") == []

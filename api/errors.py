@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import EngineDeadError
+
+from .disconnect import ClientDisconnected
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away: nobody reads it, the log line shows it
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 503: "server_error"}
@@ -65,6 +69,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         return error_response(request.url.path, APIError(str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, exc: ClientDisconnected):  # its request was aborted already
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(EngineDeadError)
     async def _dead(request: Request, exc: EngineDeadError):

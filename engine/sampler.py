@@ -47,20 +47,16 @@ class Sampler:
         logits = apply_processors(logits.clone(), rows)
         tokens = logits.argmax(dim=-1)
         if not all(row.params.is_greedy for row in rows):
-            tokens = torch.where(self._temperatures(rows, logits) == 0, tokens, self._draw(logits, rows))
+            temperature = torch.tensor([row.params.temperature for row in rows], dtype=logits.dtype, device=logits.device)
+            tokens = torch.where(temperature == 0, tokens, self._draw(logits, temperature, rows))
         chosen = raw_logprobs.gather(1, tokens[:, None])
         ranks = (raw_logprobs > chosen).sum(dim=-1) + 1
         num_top = max((row.params.logprobs or 0 for row in rows), default=0)
         top_logprobs, top_ids = raw_logprobs.topk(num_top, dim=-1) if num_top else (None, None)
         return SamplerOutput(tokens.tolist(), chosen[:, 0].tolist(), ranks.tolist(), top_ids, top_logprobs)
 
-    @staticmethod
-    def _temperatures(rows: list[SamplingRow], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([row.params.temperature for row in rows], dtype=like.dtype, device=like.device)
-
-    def _draw(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        temperature = self._temperatures(rows, logits).clamp(min=1e-5)
-        probs = torch.softmax(filter_logits(logits / temperature[:, None], rows), dim=-1)
+    def _draw(self, logits: torch.Tensor, temperature: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        probs = torch.softmax(filter_logits(logits / temperature.clamp(min=1e-5)[:, None], rows), dim=-1)
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
         for index, row in enumerate(rows):
             if row.generator is not None:

@@ -18,14 +18,13 @@ from starlette.background import BackgroundTask
 from engine import AsyncLLMEngine
 
 from ..app import ServerOptions
-from ..disconnect import ClientDisconnected, unless_disconnected
+from ..disconnect import unless_disconnected
 from ..errors import APIError
 from .protocol import MODEL_VERSION, model_metadata, parse_generate, parse_infer
 from .serving import OIPServing
 from .tensors import HEADER_LENGTH
 
 EXTENSIONS = ["generate", "parameters", "binary_tensor_data"]
-CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but it marks the log line
 MODEL_PATHS = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
 
 
@@ -74,10 +73,7 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     async def infer(request: Request) -> Response:
         check_model(request)
         parsed = parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
-        try:
-            body, header_length = await unless_disconnected(request, serving.infer(parsed))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
+        body, header_length = await unless_disconnected(request, serving.infer(parsed))
         if header_length is None:
             return Response(body, media_type="application/json")
         return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
@@ -85,18 +81,13 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     async def generate(request: Request) -> Response:
         check_model(request)
         parsed = parse_generate(await request.body())
-        try:
-            return JSONResponse(await unless_disconnected(request, serving.generate(parsed)))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(await unless_disconnected(request, serving.generate(parsed)))
 
     async def generate_stream(request: Request) -> Response:
         check_model(request)
         events = serving.generate_stream(parse_generate(await request.body()))
-        try:  # the first event is awaited here, so a failure before it is a plain JSON error
-            first = await unless_disconnected(request, anext(events))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
+        # The first event is awaited here, so a failure before it is a plain JSON error.
+        first = await unless_disconnected(request, anext(events))
         # The background close covers a client gone before the stream started (a no-op otherwise).
         return EventSourceResponse(_prepend(first, events), background=BackgroundTask(events.aclose))
 

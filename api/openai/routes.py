@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 
 from engine import AsyncLLMEngine
 
 from ..app import ServerOptions
-from ..disconnect import ClientDisconnected
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving_chat import OpenAIServingChat
 from .serving_completion import OpenAIServingCompletion
 
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away; nobody reads it
 
 
 def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
@@ -29,16 +27,10 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
 
     @router.post("/v1/completions")
     async def create_completion(body: CompletionRequest, raw: Request):
-        try:
-            return await completions.create(body, raw)
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return await completions.create(body, raw)
 
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
-        try:
-            return await chat.create(body, raw)
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return await chat.create(body, raw)
 
     return router

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--bits", type=int, default=4, choices=(4, 8))
     quant.add_argument("--group-size", type=int, default=128)
     quant.add_argument("--sym", action="store_true", help="GPTQ: symmetric (zero point fixed at the middle code)")
-    quant.add_argument("--desc-act", action="store_true", help="GPTQ: act-order (columns by decreasing Hessian diagonal)")
+    quant.add_argument("--desc-act", action=argparse.BooleanOptionalAction, default=True,
+                       help="GPTQ: act-order, columns by decreasing Hessian diagonal (default on; --no-desc-act for plain order)")
     quant.add_argument("--calibration", default=None, help="a text file (default: the calibration text shipped with engine)")
     quant.add_argument("--calibration-tokens", type=int, default=2048)
 

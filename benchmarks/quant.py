@@ -9,16 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from engine import LLM, SamplingParams, quantize
 from engine.loader.resolve import default_model_folder
+
+from .common import run_info
 
 HELDOUT = Path(__file__).with_name("data") / "heldout.txt"
 
@@ -48,14 +46,11 @@ def main() -> None:
     args = parser.parse_args()
     source = Path(args.model) if args.model else default_model_folder()
     text = HELDOUT.read_text()
-    results = {"model": source.name, "group_size": args.group_size, "bits": 4,
-               "machine": f"{platform.machine()} {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}",
-               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-               "command": f"python -m benchmarks.quant --group-size {args.group_size}", "variants": {}}
+    results = {**run_info(), "model": source.name, "group_size": args.group_size, "bits": 4, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folders = {"fp": source}
-        variants = {"rtn": {"method": "rtn"}, "gptq": {"method": "gptq"},
-                    "gptq-act-order": {"method": "gptq", "desc_act": True}, "awq": {"method": "awq"}}
+        variants = {"rtn": {"method": "rtn"}, "gptq": {"method": "gptq"},  # act-order, the default
+                    "gptq-plain-order": {"method": "gptq", "desc_act": False}, "awq": {"method": "awq"}}
         for name, options in variants.items():
             started = time.perf_counter()
             folders[name] = quantize(source, Path(tmp) / name, group_size=args.group_size, **options)
@@ -64,7 +59,7 @@ def main() -> None:
             llm = LLM(str(folder), max_model_len=2048)
             entry = results["variants"].setdefault(name, {})
             entry["perplexity"] = perplexity(llm, text, args.tokens)
-            if name in ("fp", "gptq-act-order"):
+            if name in ("fp", "gptq"):
                 entry["decode_tokens_per_s"] = throughput(llm, 16, 64, 32)
             del llm
     fp = results["variants"]["fp"]["perplexity"]
@@ -72,10 +67,10 @@ def main() -> None:
         entry["perplexity_gap_to_fp"] = entry["perplexity"] - fp
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"{'variant':15s} {'perplexity':>11s} {'gap to fp':>10s} {'tok/s':>8s}")
+    print(f"{'variant':17s} {'perplexity':>11s} {'gap to fp':>10s} {'tok/s':>8s}")
     for name, entry in results["variants"].items():
         speed = f"{entry['decode_tokens_per_s']:8.1f}" if "decode_tokens_per_s" in entry else " " * 8
-        print(f"{name:15s} {entry['perplexity']:11.3f} {entry['perplexity_gap_to_fp']:+10.3f} {speed}")
+        print(f"{name:17s} {entry['perplexity']:11.3f} {entry['perplexity_gap_to_fp']:+10.3f} {speed}")
 
 
 if __name__ == "__main__":

@@ -74,12 +74,23 @@ class EngineConfig:
         return torch.device(self.device)
 
     def resolve_dtype(self, device: torch.device, checkpoint_dtype: torch.dtype | None) -> torch.dtype:
-        """``auto``: fp32 on CPU (the exact path); on CUDA the checkpoint's 16-bit dtype, else bf16."""
+        """``auto``: on CPU bf16 where the cores compute it natively (twice fp32's matmul rate), else
+        fp32; on CUDA the checkpoint's 16-bit dtype, else bf16."""
         if self.dtype != "auto":
             return DTYPES[DTYPE_ALIASES.get(self.dtype, self.dtype)]
         if device.type == "cpu":
-            return torch.float32
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         return checkpoint_dtype if checkpoint_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them torch emulates bf16 matmuls, slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclass(frozen=True)

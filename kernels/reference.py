@@ -22,33 +22,42 @@ def store_kv(
     v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slots] = v[keep]
 
 
-def _gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """Every sequence's cached tokens, padded: ``[num_seqs, num_kv_heads, max(seq_lens), head_dim]``.
+def _slot_index(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, device) -> torch.Tensor:
+    """Cache slot of every (sequence, position < max(seq_lens)): ``[num_seqs, max_len]`` int64.
 
-    Slots past a sequence's length (padding, -1 table entries, never-written memory that may
-    hold NaN) are zeroed, so a masked-out score cannot turn into 0 * NaN in the output.
+    Positions past a sequence's length point at its position 0, a slot that is always written:
+    the attention mask drops them, and reading written memory means no NaN from never-written
+    slots can reach the output (0 * NaN), without a pass to zero them.
     """
-    block_size = cache.shape[1]
     max_len = int(seq_lens.max())
-    table = block_tables[:, : -(-max_len // block_size)].clamp(min=0).long()
-    gathered = cache[table].flatten(1, 2)[:, :max_len]  # [num_seqs, max_len, kv_heads, head_dim]
-    valid = torch.arange(max_len, device=cache.device)[None, :] < seq_lens[:, None].to(cache.device)
-    gathered = torch.where(valid[:, :, None, None], gathered, gathered.new_zeros(()))
-    return gathered.transpose(1, 2)
+    positions = torch.arange(max_len, device=device)
+    table = block_tables[:, : -(-max_len // block_size)].to(device).long()
+    slots = table[:, positions // block_size] * block_size + positions % block_size
+    valid = positions[None, :] < seq_lens[:, None].to(device)
+    return torch.where(valid, slots, table[:, :1] * block_size)
+
+
+def _gather_kv(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The cached K or V at ``slots [S, L]``: ``[S, num_kv_heads, L, head_dim]`` (a strided view)."""
+    return cache.flatten(0, 1)[slots].transpose(1, 2)
 
 
 def _attend(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """q ``[S, H, Q, D]`` over keys/values ``[S, KVH, L, D]`` with a boolean ``[S, 1, Q, L]`` mask (True = attend)."""
-    num_heads, num_kv_heads = q.shape[1], keys.shape[1]
-    if num_heads != num_kv_heads:
-        group = num_heads // num_kv_heads
-        keys = keys.repeat_interleave(group, dim=1)
-        values = values.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(
-        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale
-    )
+    """q ``[S, H, Q, D]`` over keys/values ``[S, KVH, L, D]`` with a boolean ``[S, 1, Q, L]`` mask (True = attend).
+
+    Grouped-query heads share their K/V without copies: the ``H // KVH`` query heads of a KV head
+    are stacked into its query rows (head h reads KV head h // group, as in repeat_interleave).
+    """
+    num_seqs, num_heads, q_len, head_dim = q.shape
+    num_kv_heads = keys.shape[1]
+    group = num_heads // num_kv_heads
+    grouped = q.reshape(num_seqs, num_kv_heads, group * q_len, head_dim)
+    if group > 1 and q_len > 1:
+        mask = mask.repeat(1, 1, group, 1)
+    out = F.scaled_dot_product_attention(grouped, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+    return out.reshape(num_seqs, num_heads, q_len, head_dim)
 
 
 def paged_attention_decode(
@@ -63,10 +72,9 @@ def paged_attention_decode(
 
     q ``[num_seqs, num_heads, head_dim]`` -> ``[num_seqs, num_heads, head_dim]``.
     """
-    max_len = int(seq_lens.max())
-    keys = _gather_kv(k_cache, block_tables, seq_lens)
-    values = _gather_kv(v_cache, block_tables, seq_lens)
-    positions = torch.arange(max_len, device=q.device)
+    slots = _slot_index(block_tables, seq_lens, k_cache.shape[1], q.device)
+    keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
+    positions = torch.arange(slots.shape[1], device=q.device)
     mask = (positions[None, :] < seq_lens[:, None].to(q.device))[:, None, None, :]
     out = _attend(q.unsqueeze(2), keys, values, mask, scale)
     return out.squeeze(2)
@@ -99,8 +107,8 @@ def paged_attention_prefill(
     padded = q.new_zeros(num_seqs, max_q, *q.shape[1:])
     padded[token_seq, token_row] = q
 
-    keys = _gather_kv(k_cache, block_tables, seq_lens)
-    values = _gather_kv(v_cache, block_tables, seq_lens)
+    slots = _slot_index(block_tables, seq_lens, k_cache.shape[1], q.device)
+    keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
     # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
     q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=q.device)[None, :]
     k_pos = torch.arange(max_len, device=q.device)

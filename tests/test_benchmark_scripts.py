@@ -20,3 +20,29 @@ def test_kernel_benchmark_runs_and_writes_json_and_plot(tmp_path):
                                                          "store_kv", "rms_norm", "silu_and_mul", "rotary_embedding"}
     assert plot.stat().st_size > 0
     assert (ROOT / "benchmarks" / "gpu_suite.sh").read_text().count("python3 -m benchmarks.") == 2
+
+
+def _run(module: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+def test_throughput_benchmark_compares_with_transformers_in_one_run(tiny_model_factory, tmp_path):
+    out = tmp_path / "throughput.json"
+    _run("throughput", "--model", str(tiny_model_factory("llama")), "--num-prompts", "4", "--input-len", "8",
+         "--output-len", "5", "--hf-batch-sizes", "1", "4", "--out", str(out), "--plot", str(tmp_path / "t.png"))
+    results = json.loads(out.read_text())
+    assert results["engine"]["output_tokens_per_s"] > 0 and results["commit"] and results["machine"]
+    assert [run["batch_size"] for run in results["transformers"]] == [1, 4]
+    assert results["speedup_vs_sequential"] > 0 and results["speedup_vs_best_batch"] > 0
+
+
+def test_step_overhead_benchmark_reports_each_batch_size(tiny_model_factory, tmp_path):
+    out = tmp_path / "overhead.json"
+    _run("step_overhead", "--model", str(tiny_model_factory("llama")), "--batch-sizes", "1", "4",
+         "--input-len", "8", "--steps", "4", "--out", str(out))
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["batch_size"] for run in runs] == [1, 4]
+    for run in runs:  # the model's share is measured inside the step, so it can never exceed it
+        assert 0 < run["model_ms_p50"] <= run["step_ms_p50"]

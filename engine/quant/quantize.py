@@ -1,7 +1,8 @@
 """``quantize(model, out, method=...)``: write an AWQ or GPTQ checkpoint from a full-precision folder.
 
-Methods: "rtn" (round to nearest), "gptq" (error-compensating, Hessian from calibration text),
-"awq" (activation-aware scales, then round to nearest). The result loads here without flags,
+Methods: "rtn" (round to nearest), "gptq" (error-compensating, Hessian from calibration text;
+act-order on by default: on SmolLM2 plain-order GPTQ lands behind rounding, see
+benchmarks/results/quant.json), "awq" (activation-aware scales, then round to nearest). The result loads here without flags,
 and in any engine that reads the producers' formats.
 """
 
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..loader.weights import iter_safetensors
 from .awq import search_scales
-from .calibration import calibration_token_ids, collect_inputs
+from .calibration import calibration_token_ids, collect_inputs, first_layer_inputs, layer_hessians, run_layer
 from .checkpoint import Quantized, QuantSpec, is_quantized_linear, pack, quantize_rtn, write_checkpoint
 from .gptq import gptq_quantize
 
@@ -25,7 +26,7 @@ METHODS = ("rtn", "gptq", "awq")
 
 
 def quantize(model: str | Path, out: str | Path, method: str = "gptq", bits: int = 4, group_size: int = 128,
-             sym: bool = False, desc_act: bool = False, calibration_text: str | None = None,
+             sym: bool = False, desc_act: bool = True, calibration_text: str | None = None,
              num_calibration_tokens: int = 2048, seq_len: int = 512) -> Path:
     """Quantize every decoder linear of the safetensors folder ``model`` into ``out``; returns ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,15 +64,20 @@ def quantize(model: str | Path, out: str | Path, method: str = "gptq", bits: int
 @torch.no_grad()
 def _gptq_sequential(hf_model, sequences: list[list[int]], spec: QuantSpec) -> dict[str, Quantized]:
     """GPTQ one decoder layer at a time, each calibrated on the outputs of the layers before it as
-    quantized (their weights are swapped for the dequantized ones), so errors do not compound unseen."""
-    modules = dict(hf_model.named_modules())
+    quantized (their weights are swapped for the dequantized ones), so errors do not compound unseen.
+
+    Only one layer runs per pass: its inputs are kept between layers, as GPTQ's reference code does.
+    """
     results: dict[str, Quantized] = {}
-    for layer in tqdm(range(hf_model.config.num_hidden_layers), desc="gptq", unit="layer"):
-        stats = collect_inputs(hf_model, sequences, keep_samples=False, layer=layer)
-        for name, entry in stats.items():
+    inputs = first_layer_inputs(hf_model, sequences)
+    for index, layer in enumerate(tqdm(hf_model.model.layers, desc="gptq", unit="layer")):
+        modules = dict(layer.named_modules())
+        for name, entry in layer_hessians(layer, inputs).items():
             linear = modules[name]
-            results[name] = gptq_quantize(linear.weight.data, 2 * entry.hessian / entry.num_tokens, spec)
-            linear.weight.data = results[name].dequantize().T.to(linear.weight.dtype).contiguous()
+            quantized = gptq_quantize(linear.weight.data, 2 * entry.hessian / entry.num_tokens, spec)
+            linear.weight.data = quantized.dequantize().T.to(linear.weight.dtype).contiguous()
+            results[f"model.layers.{index}.{name}"] = quantized
+        inputs = run_layer(layer, inputs)
     return results
 
 

@@ -73,7 +73,7 @@ def test_text_is_the_decoded_tokens(llm):
 
 
 def test_chat_uses_the_template(default_model):
-    llm = LLM(str(default_model), max_model_len=256)
+    llm = LLM(str(default_model), max_model_len=256, dtype="float32")  # the answer below is fp32's greedy one
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(max_tokens=24, temperature=0.0), use_tqdm=False)
     prompt_text = llm.get_tokenizer().decode(out[0].prompt_token_ids)

@@ -78,3 +78,23 @@ def test_tiny_random_model_matches_transformers(tiny_model_factory, arch):
     llm = LLM(str(folder), dtype="float32")
     prompt_ids = _prompt_ids(llm)
     _check(_ours(llm, prompt_ids), _references(folder, prompt_ids), arch)
+
+
+def test_bf16_default_is_as_close_to_fp32_as_transformers_bf16(default_model):
+    """bf16 (the CPU default where the cores have it) moves log-probs; no more than transformers' bf16 does."""
+    from engine.config import cpu_has_native_bf16
+
+    llm = LLM(str(default_model), max_model_len=512)
+    assert llm.engine.runtime.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    ids = llm.get_tokenizer().encode(PROMPTS[-2] + " " + PROMPTS[4])
+    out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+    ours = torch.tensor([entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])])
+    reference = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = AutoModelForCausalLM.from_pretrained(default_model, dtype=dtype).eval()
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        reference[dtype] = logprobs[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    ours_error = (ours - reference[torch.float32]).abs().mean()
+    transformers_error = (reference[torch.bfloat16] - reference[torch.float32]).abs().mean()
+    assert ours_error <= 1.25 * transformers_error + 1e-3, (float(ours_error), float(transformers_error))

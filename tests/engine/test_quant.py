@@ -89,7 +89,7 @@ def test_quantized_model_equals_its_dequantized_weights(variant, tiny_model_fact
     quantize_folder_rtn(fp_folder, quant_folder, spec)
     assert json.loads((quant_folder / "config.json").read_text())["quantization_config"]["quant_method"] == spec.fmt
 
-    llm = LLM(str(quant_folder), max_model_len=128)  # no flag: the format comes from config.json
+    llm = LLM(str(quant_folder), max_model_len=128, dtype="float32")  # no flag: the format comes from config.json
     prompt = "The quick brown fox jumps over the lazy dog"
     out = llm.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, prompt_logprobs=0,
                                                logprobs=0), use_tqdm=False)[0]

@@ -9,9 +9,9 @@ from engine import LLM, SamplingParams
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_forced_triton_kernels_match_the_reference_path(tiny_model_factory, monkeypatch, arch):
-    llm = LLM(str(tiny_model_factory(arch)), max_model_len=128, block_size=8)
+    llm = LLM(str(tiny_model_factory(arch)), max_model_len=128, block_size=8, dtype="float32")
     # Mixed steps: one prompt is prefilled in chunks while the other decodes.
-    llm_chunked = LLM(str(tiny_model_factory(arch)), max_model_len=128, block_size=8, max_num_batched_tokens=8)
+    llm_chunked = LLM(str(tiny_model_factory(arch)), max_model_len=128, block_size=8, max_num_batched_tokens=8, dtype="float32")
     prompts = ["Hello there", "A longer prompt, with several more words in it than the first"]
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
     monkeypatch.setenv("ENGINE_KERNELS", "torch")

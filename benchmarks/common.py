@@ -1,0 +1,55 @@
+"""What every benchmark records and shares: where it ran, synthetic prompts, percentiles."""
+
+from __future__ import annotations
+
+import platform
+import random
+import statistics
+import subprocess
+import sys
+
+import torch
+
+
+def run_info(command: str | None = None) -> dict:
+    """The machine, the commit and the command line, stored with every result file."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return {
+        "machine": f"{platform.machine()} {_cpu_name()}, {torch.get_num_threads()} torch threads, "
+                   f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else None}",
+        "commit": commit + ("+dirty" if dirty.strip() else ""),
+        "command": command or "python -m " + sys.argv[0].replace("/", ".").removesuffix(".py") + " " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def synthetic_prompts(num_prompts: int, input_len: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """Random token ids (away from the special ids at the start of most vocabularies)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(1000, vocab_size) for _ in range(input_len)] for _ in range(num_prompts)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation, as numpy's default."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

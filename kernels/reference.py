@@ -22,6 +22,27 @@ def store_kv(
     v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slots] = v[keep]
 
 
+class _PerStep:
+    """Every layer of a step passes the same metadata tensors: derive their layout once per step.
+
+    Keyed by the identity of those tensors (held, so their ids cannot be reused), which is what
+    saves ~10 small ops per layer of a decode step, where op overhead dominates at batch 1.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.value = None
+
+    def get(self, key: tuple, compute):
+        if len(key) != len(self.key) or any(a is not b for a, b in zip(key, self.key)):
+            self.key, self.value = key, compute()
+        return self.value
+
+
+_decode_layout_memo = _PerStep()
+_prefill_layout_memo = _PerStep()
+
+
 def _slot_index(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, device) -> torch.Tensor:
     """Cache slot of every (sequence, position < max(seq_lens)): ``[num_seqs, max_len]`` int64.
 
@@ -45,7 +66,8 @@ def _gather_kv(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 def _attend(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """q ``[S, H, Q, D]`` over keys/values ``[S, KVH, L, D]`` with a boolean ``[S, 1, Q, L]`` mask (True = attend).
+    """q ``[S, H, Q, D]`` over keys/values ``[S, KVH, L, D]`` with a boolean mask (True = attend) of
+    ``[S, 1, G * Q, L]`` rows (each query row repeated for the G heads of a group) or ``[S, 1, 1, L]``.
 
     Grouped-query heads share their K/V without copies: the ``H // KVH`` query heads of a KV head
     are stacked into its query rows (head h reads KV head h // group, as in repeat_interleave).
@@ -54,8 +76,6 @@ def _attend(
     num_kv_heads = keys.shape[1]
     group = num_heads // num_kv_heads
     grouped = q.reshape(num_seqs, num_kv_heads, group * q_len, head_dim)
-    if group > 1 and q_len > 1:
-        mask = mask.repeat(1, 1, group, 1)
     out = F.scaled_dot_product_attention(grouped, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
     return out.reshape(num_seqs, num_heads, q_len, head_dim)
 
@@ -72,10 +92,14 @@ def paged_attention_decode(
 
     q ``[num_seqs, num_heads, head_dim]`` -> ``[num_seqs, num_heads, head_dim]``.
     """
-    slots = _slot_index(block_tables, seq_lens, k_cache.shape[1], q.device)
+
+    def layout():
+        slots = _slot_index(block_tables, seq_lens, k_cache.shape[1], q.device)
+        positions = torch.arange(slots.shape[1], device=q.device)
+        return slots, (positions[None, :] < seq_lens[:, None].to(q.device))[:, None, None, :]
+
+    slots, mask = _decode_layout_memo.get((block_tables, seq_lens, k_cache.shape[1]), layout)
     keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
-    positions = torch.arange(slots.shape[1], device=q.device)
-    mask = (positions[None, :] < seq_lens[:, None].to(q.device))[:, None, None, :]
     out = _attend(q.unsqueeze(2), keys, values, mask, scale)
     return out.squeeze(2)
 
@@ -95,26 +119,35 @@ def paged_attention_prefill(
     ``q[cu_seqlens_q[i]:cu_seqlens_q[i+1]]`` and sit at the last ``q_len_i`` positions of
     its ``seq_lens[i]`` cached tokens, so a cached prefix or an earlier chunk is attended to.
     """
+    group = q.shape[1] // k_cache.shape[2]
+    layout = _prefill_layout_memo.get((block_tables, cu_seqlens_q, seq_lens, k_cache.shape[1], q.shape[0], group),
+                                      lambda: _prefill_layout(block_tables, cu_seqlens_q, seq_lens, k_cache.shape[1],
+                                                              q.shape[0], group, q.device))
+    token_seq, token_row, max_q, slots, mask = layout
+    # Scatter the flat queries into a padded [num_seqs, max_q] grid.
+    padded = q.new_zeros(seq_lens.shape[0], max_q, *q.shape[1:])
+    padded[token_seq, token_row] = q
+    keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
+    out = _attend(padded.transpose(1, 2), keys, values, mask, scale)
+    return out.transpose(1, 2)[token_seq, token_row]
+
+
+def _prefill_layout(block_tables, cu_seqlens_q, seq_lens, block_size: int, num_tokens: int, group: int, device):
+    """Where each flat query goes in the padded grid, the K/V slots, and the causal mask (its rows
+    repeated for the ``group`` query heads that share a KV head, as ``_attend`` stacks them)."""
     num_seqs = seq_lens.shape[0]
-    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(q.device)
+    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(device)
     max_q = int(q_lens.max())
     max_len = int(seq_lens.max())
-    seq_lens = seq_lens.to(q.device)
-
-    # Scatter the flat queries into a padded [num_seqs, max_q] grid.
-    token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), q_lens)
-    token_row = torch.arange(q.shape[0], device=q.device) - cu_seqlens_q[:-1].to(q.device)[token_seq]
-    padded = q.new_zeros(num_seqs, max_q, *q.shape[1:])
-    padded[token_seq, token_row] = q
-
-    slots = _slot_index(block_tables, seq_lens, k_cache.shape[1], q.device)
-    keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
+    seq_lens = seq_lens.to(device)
+    token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens)
+    token_row = torch.arange(num_tokens, device=device) - cu_seqlens_q[:-1].to(device)[token_seq]
+    slots = _slot_index(block_tables, seq_lens, block_size, device)
     # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
-    q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=q.device)[None, :]
-    k_pos = torch.arange(max_len, device=q.device)
+    q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
+    k_pos = torch.arange(max_len, device=device)
     mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
-    out = _attend(padded.transpose(1, 2), keys, values, mask[:, None], scale)
-    return out.transpose(1, 2)[token_seq, token_row]
+    return token_seq, token_row, max_q, slots, mask[:, None].repeat(1, 1, group, 1)
 
 
 def rms_norm(
@@ -144,7 +177,8 @@ def rotary_embedding(
     otherwise adjacent pairs are rotated (GPT-J / llama.cpp style). Returns new tensors.
     """
     cos, sin = cos_sin_cache[positions].float().chunk(2, dim=-1)  # [num_tokens, rotary_dim / 2]
-    return _rotate(q, cos, sin, is_neox), _rotate(k, cos, sin, is_neox)
+    both = _rotate(torch.cat((q, k), dim=1), cos, sin, is_neox)  # one pass for q and k: half the ops
+    return both[:, : q.shape[1]], both[:, q.shape[1] :]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
@@ -158,7 +192,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool
     o1 = x1 * cos - x2 * sin
     o2 = x2 * cos + x1 * sin
     rotated = torch.cat((o1, o2), dim=-1) if is_neox else torch.stack((o1, o2), dim=-1).flatten(-2)
-    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+    rotated = rotated.to(x.dtype)
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

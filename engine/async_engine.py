@@ -40,11 +40,40 @@ class AsyncLLMEngine:
         self._listeners: list[OutputListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._started = threading.Event()
         self._stopping = False
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
-        return cls(LLMEngine(config))
+        """Build the engine on the thread that will step it, and wait for it to be ready.
+
+        torch's OpenMP pool belongs to the thread that first runs a parallel op: loading the
+        model on one thread and stepping on another leaves two pools, and on 2 cores every
+        parallel op of the second ran 1.5-2x slower (benchmarks/NOTES.md).
+        """
+        built: dict[str, object] = {}
+        ready = threading.Event()
+
+        def build_then_run() -> None:
+            try:
+                built["engine"] = engine = cls(LLMEngine(config))
+            except BaseException as err:  # handed to the caller below
+                built["error"] = err
+                return
+            finally:
+                ready.set()
+            engine._started.wait()
+            if not engine._stopping:
+                engine._run()
+
+        thread = threading.Thread(target=build_then_run, name="engine-loop", daemon=True)
+        thread.start()
+        ready.wait()
+        if "error" in built:
+            raise built["error"]
+        engine = built["engine"]
+        engine._thread = thread
+        return engine
 
     @property
     def tokenizer(self):
@@ -56,7 +85,7 @@ class AsyncLLMEngine:
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return self._started.is_set() and self._thread.is_alive() and not self._stopping
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
@@ -67,17 +96,20 @@ class AsyncLLMEngine:
 
     def start(self) -> None:
         """Start the step thread; outputs are delivered on the running event loop."""
-        if self._thread is not None:
+        if self._started.is_set():
             return
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-        self._thread.start()
+        if self._thread is None:  # built directly from an LLMEngine: step on a new thread
+            self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+            self._thread.start()
+        self._started.set()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Abort what is still in flight and stop the thread."""
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify()
+        self._started.set()  # a thread still waiting to start sees the stop and returns
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -14,6 +14,7 @@ import kernels
 from kernels.quant_pack import pack_cols, unpack_cols
 
 from .config import QuantConfig
+from .int4_cpu import Int4CpuWeight
 
 
 class QuantLinear(nn.Module):
@@ -33,6 +34,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.empty((groups, n), dtype=torch.float16))
         self.register_buffer("g_idx", torch.empty((k,), dtype=torch.int32))
         self.bias = nn.Parameter(torch.empty(n)) if bias else None
+        self._int4_cpu: Int4CpuWeight | None = None  # set by finalize for a bf16 model on CPU
 
     def columns_per_entry(self, name: str) -> int:
         """How many output columns one entry of this tensor's last dimension covers."""
@@ -57,8 +59,14 @@ class QuantLinear(nn.Module):
             self.qzeros.copy_(pack_cols(zeros, self.config.bits))
         if not has_g_idx:  # AWQ, and GPTQ files written without one
             self.g_idx.copy_(torch.arange(self.in_features, device=self.g_idx.device) // self.group_size)
+        if self.qweight.device.type == "cpu" and self.scales.dtype == torch.bfloat16 and self.config.bits == 4:
+            self._int4_cpu = Int4CpuWeight.from_packed(self.qweight, self.qzeros, self.scales, self.g_idx,
+                                                       self.group_size, self.config.method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = kernels.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
-                                 self.config.method)
+        if self._int4_cpu is not None and x.dtype == torch.bfloat16:
+            out = self._int4_cpu.matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        else:
+            out = kernels.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
+                                     self.config.method)
         return out if self.bias is None else out + self.bias

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-from .conftest import _free_port
+from conftest import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

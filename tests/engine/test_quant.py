@@ -131,3 +131,26 @@ def test_forcing_the_wrong_method_fails(tiny_model_factory, tmp_path):
         LLM(str(folder), quantization="gptq", max_model_len=64)
     with pytest.raises(ValueError, match="no quantization_config"):
         LLM(str(tiny_model_factory("llama")), quantization="awq", max_model_len=64)
+
+
+@pytest.mark.parametrize("variant", ["awq-g32", "gptq4-asym-v2-act-order"])
+def test_bf16_on_cpu_runs_quantized_layers_on_the_int4_kernel(variant, tiny_model_factory, tmp_path):
+    """bf16 (the default where the CPU has it) takes torch's int4 kernel, and stays near the fp32 path."""
+    from engine.config import cpu_has_native_bf16
+    from engine.quant.int4_cpu import Int4CpuWeight, cpu_int4_available
+    from engine.quant.linear import QuantLinear
+
+    if not (cpu_has_native_bf16() and cpu_int4_available()):
+        pytest.skip("no native bf16 or no CPU int4 kernel here")
+    folder = tmp_path / variant
+    quantize_folder_rtn(tiny_model_factory("llama", initializer_range=0.05), folder, SPECS[variant])
+    prompt = {"prompt_token_ids": list(range(300, 340))}
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+    logprobs = {}
+    for dtype in ("bfloat16", "float32"):
+        llm = LLM(str(folder), max_model_len=128, dtype=dtype)
+        layers = [m for m in llm.engine.runner.model.modules() if isinstance(m, QuantLinear)]
+        assert all(isinstance(m._int4_cpu, Int4CpuWeight) == (dtype == "bfloat16") for m in layers)
+        out = llm.generate(prompt, params, use_tqdm=False)[0]
+        logprobs[dtype] = torch.tensor([e[t].logprob for e, t in zip(out.prompt_logprobs[1:], prompt["prompt_token_ids"][1:])])
+    assert (logprobs["bfloat16"] - logprobs["float32"]).abs().mean() < 0.05, (logprobs["bfloat16"] - logprobs["float32"]).abs()

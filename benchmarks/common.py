@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -19,9 +20,16 @@ def run_info(command: str | None = None) -> dict:
         "machine": f"{platform.machine()} {_cpu_name()}, {torch.get_num_threads()} torch threads, "
                    f"cuda={torch.cuda.get_device_name() if torch.cuda.is_available() else None}",
         "commit": commit + ("+dirty" if dirty.strip() else ""),
-        "command": command or "python -m " + sys.argv[0].replace("/", ".").removesuffix(".py") + " " + " ".join(sys.argv[1:]),
+        "command": command or _command_line(),
         "torch": torch.__version__,
     }
+
+
+def _command_line() -> str:
+    """How this benchmark was started, as a user would type it again."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
+    return " ".join([program, *(shlex.quote(arg) for arg in sys.argv[1:])])
 
 
 def _cpu_name() -> str:

@@ -34,7 +34,10 @@ class _PerStep:
         self.value = None
 
     def get(self, key: tuple, compute):
-        if len(key) != len(self.key) or any(a is not b for a, b in zip(key, self.key)):
+        """``key``: tensors (compared by identity) and plain numbers (by value)."""
+        same = len(key) == len(self.key) and all(
+            a is b or (not isinstance(a, torch.Tensor) and a == b) for a, b in zip(key, self.key))
+        if not same:
             self.key, self.value = key, compute()
         return self.value
 

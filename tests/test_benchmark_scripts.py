@@ -34,6 +34,7 @@ def test_throughput_benchmark_compares_with_transformers_in_one_run(tiny_model_f
          "--output-len", "5", "--hf-batch-sizes", "1", "4", "--out", str(out), "--plot", str(tmp_path / "t.png"))
     results = json.loads(out.read_text())
     assert results["engine"]["output_tokens_per_s"] > 0 and results["commit"] and results["machine"]
+    assert results["command"].startswith("python -m benchmarks.throughput --model ")
     assert [run["batch_size"] for run in results["transformers"]] == [1, 4]
     assert results["speedup_vs_sequential"] > 0 and results["speedup_vs_best_batch"] > 0
 

@@ -14,13 +14,14 @@ import json
 import math
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 import kernels
+
+from .common import run_info
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -124,9 +125,8 @@ def bench_rows(name: str, rows: int, hidden: int = 4096) -> dict:
 
 def run(grid_scale: str) -> dict:
     big = grid_scale == "full"
-    results = {"device": torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
-               "dtype": str(DTYPE).removeprefix("torch."), "torch": torch.__version__,
-               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    results = {**run_info(), "device": torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
+               "dtype": str(DTYPE).removeprefix("torch."),
                "copy_gb_per_s": copy_bandwidth() / 1e9, "matmul_tflop_per_s": matmul_rate() / 1e12, "kernels": []}
     for batch in ((1, 16, 64, 128) if big else (1, 4)):
         for context in ((512, 4096, 16384) if big else (128, 512)):

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
-import torch
 
 from engine import LLM, SamplingParams
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from .common import percentile, run_info
 
 
 def shared_prefix(model: str | None, caching: bool, num_requests: int, system_len: int, output_len: int) -> dict:
@@ -111,9 +105,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
     results = {
-        "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} threads",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "command": "python -m benchmarks.prefix_chunked",
+        **run_info(),
         "shared_prefix": [shared_prefix(args.model, caching, 16, 1024, 16) for caching in (True, False)],
         "long_prompt": [long_prompt_arrival(args.model, budget, 8, 1536) for budget in (128, 2048)],
     }

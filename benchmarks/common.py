@@ -8,8 +8,11 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
+
+from engine import LLM, RequestOutput, SamplingParams
 
 
 def run_info(command: str | None = None) -> dict:
@@ -61,3 +64,18 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def timed_generate(llm: LLM, prompts: list[list[int]], output_len: int) -> tuple[float, list[RequestOutput]]:
+    """Seconds for ``llm.generate`` of exactly ``output_len`` greedy tokens per prompt
+    (``ignore_eos``), after the same call on two prompts as a warm-up (kernel compiles, caches)."""
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    requests = [{"prompt_token_ids": prompt} for prompt in prompts]
+    llm.generate(requests[:2], params, use_tqdm=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, outputs

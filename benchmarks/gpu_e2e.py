@@ -13,10 +13,11 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from .common import timed_generate
 
 
 def make_model(folder: Path) -> None:
@@ -35,17 +36,11 @@ def make_model(folder: Path) -> None:
 
 
 def throughput(folder: Path, num_requests: int, input_len: int, output_len: int, **engine_kwargs) -> dict:
-    from engine import LLM, SamplingParams
+    from engine import LLM
 
     llm = LLM(str(folder), max_model_len=input_len + output_len + 16, **engine_kwargs)
-    prompts = [{"prompt_token_ids": [(7 * i + j) % 40000 + 100 for j in range(input_len)]} for i in range(num_requests)]
-    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
-    llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up: compiles kernels
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
+    prompts = [[(7 * i + j) % 40000 + 100 for j in range(input_len)] for i in range(num_requests)]
+    elapsed, outs = timed_generate(llm, prompts, output_len)  # the warm-up compiles the kernels
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     del llm
     torch.cuda.empty_cache()

@@ -17,7 +17,7 @@ from pathlib import Path
 from engine import LLM, SamplingParams, quantize
 from engine.loader.resolve import default_model_folder
 
-from .common import run_info
+from .common import run_info, synthetic_prompts, timed_generate
 
 HELDOUT = Path(__file__).with_name("data") / "heldout.txt"
 
@@ -30,12 +30,9 @@ def perplexity(llm: LLM, text: str, max_tokens: int) -> float:
 
 
 def throughput(llm: LLM, num_requests: int, input_len: int, output_len: int) -> float:
-    prompts = [{"prompt_token_ids": [(17 * i + j) % 30000 + 200 for j in range(input_len)]} for i in range(num_requests)]
-    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
-    llm.generate(prompts[:1], SamplingParams(max_tokens=2), use_tqdm=False)
-    started = time.perf_counter()
-    llm.generate(prompts, params, use_tqdm=False)
-    return num_requests * output_len / (time.perf_counter() - started)
+    prompts = synthetic_prompts(num_requests, input_len, llm.engine.vocab_size)
+    seconds, _ = timed_generate(llm, prompts, output_len)
+    return num_requests * output_len / seconds
 
 
 def main() -> None:

@@ -17,19 +17,15 @@ from pathlib import Path
 
 import torch
 
-from engine import LLM, SamplingParams
+from engine import LLM
 from engine.loader.resolve import default_model_folder
 
-from .common import run_info, synthetic_prompts
+from .common import run_info, synthetic_prompts, timed_generate
 
 
 def run_engine(model: str, prompts: list[list[int]], output_len: int, **engine_kwargs) -> dict:
     llm = LLM(model, max_model_len=len(prompts[0]) + output_len, **engine_kwargs)
-    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], SamplingParams(max_tokens=4), use_tqdm=False)
-    started = time.perf_counter()
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    elapsed = time.perf_counter() - started
+    elapsed, outputs = timed_generate(llm, prompts, output_len)
     generated = sum(len(o.outputs[0].token_ids) for o in outputs)
     assert generated == len(prompts) * output_len, generated
     return _rates(elapsed, len(prompts), generated, dtype=str(llm.engine.runtime.dtype).removeprefix("torch."))

@@ -77,3 +77,15 @@ def unpack_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int, v1: bool
 
 def pack_gptq(codes: torch.Tensor, zeros: torch.Tensor, bits: int, v1: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return pack_rows(codes, bits), pack_cols(zeros - 1 if v1 else zeros, bits)
+
+
+def unpack_layer(qweight: torch.Tensor, qzeros: torch.Tensor, num_inputs: int, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``[K, N]`` and true zeros ``[G, N]`` of a loaded layer (AWQ gemm, or GPTQ with v2 zeros).
+
+    For GPTQ, K = ``num_inputs`` tells the bits (32 / rows per packed word).
+    """
+    if fmt == "awq":
+        return unpack_awq(qweight, qzeros)
+    if fmt == "gptq":
+        return unpack_gptq(qweight, qzeros, 32 * qweight.shape[0] // num_inputs, v1=False)
+    raise ValueError(f"fmt must be 'awq' or 'gptq', got {fmt!r}")

@@ -26,20 +26,23 @@ class _PerStep:
     """Every layer of a step passes the same metadata tensors: derive their layout once per step.
 
     Keyed by the identity of those tensors (held, so their ids cannot be reused), which is what
-    saves ~10 small ops per layer of a decode step, where op overhead dominates at batch 1.
+    saves ~10 small ops per layer of a decode step, where op overhead dominates at batch 1. Key
+    and value live in one tuple, read once, so engines stepping on two threads never see each
+    other's layout.
     """
 
     def __init__(self) -> None:
-        self.key: tuple = ()
-        self.value = None
+        self.entry: tuple[tuple, object] = ((), None)
 
     def get(self, key: tuple, compute):
         """``key``: tensors (compared by identity) and plain numbers (by value)."""
-        same = len(key) == len(self.key) and all(
-            a is b or (not isinstance(a, torch.Tensor) and a == b) for a, b in zip(key, self.key))
+        last_key, value = self.entry
+        same = len(key) == len(last_key) and all(
+            a is b or (not isinstance(a, torch.Tensor) and a == b) for a, b in zip(key, last_key))
         if not same:
-            self.key, self.value = key, compute()
-        return self.value
+            value = compute()
+            self.entry = (key, value)
+        return value
 
 
 _decode_layout_memo = _PerStep()
@@ -217,16 +220,11 @@ def dequantize_w4(
 
     ``W[k, n] = (q[k, n] - z[g_idx[k], n]) * s[g_idx[k], n]``. ``g_idx`` (int32 ``[K]``) is
     always given: the loader fills ``k // group_size`` where a checkpoint has none, and
-    converts GPTQ v1 zeros to v2. For GPTQ, K = ``len(g_idx)`` tells the bits (32 / rows per word).
+    converts GPTQ v1 zeros to v2.
     """
-    from .quant_pack import unpack_awq, unpack_gptq
+    from .quant_pack import unpack_layer
 
-    if fmt == "awq":
-        codes, zeros = unpack_awq(qweight, qzeros)
-    elif fmt == "gptq":
-        codes, zeros = unpack_gptq(qweight, qzeros, 32 * qweight.shape[0] // g_idx.shape[0], v1=False)
-    else:
-        raise ValueError(f"fmt must be 'awq' or 'gptq', got {fmt!r}")
+    codes, zeros = unpack_layer(qweight, qzeros, g_idx.shape[0], fmt)
     groups = g_idx.long()
     return (codes - zeros[groups]).float() * scales[groups].float()
 

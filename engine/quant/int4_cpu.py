@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.quant_pack import unpack_awq, unpack_gptq
+from kernels.quant_pack import unpack_layer
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)
 _INNER_K_TILES = 2
@@ -35,14 +35,14 @@ class Int4CpuWeight:
         sub_group = next((g for g in KERNEL_GROUP_SIZES if group_size % g == 0), None)
         if sub_group is None or not cpu_int4_available():
             return None
-        codes, zeros = unpack_awq(qweight, qzeros) if method == "awq" else unpack_gptq(qweight, qzeros, 4, v1=False)
+        codes, zeros = unpack_layer(qweight, qzeros, g_idx.shape[0], method)
         k = codes.shape[0]
         groups = g_idx.long()
-        order = torch.argsort(groups, stable=True)
         if not torch.equal(torch.bincount(groups, minlength=k // group_size), torch.full((k // group_size,), group_size)):
             return None  # groups of unequal sizes: not expressible as consecutive runs
+        order = torch.argsort(groups, stable=True)
         in_order = torch.equal(order, torch.arange(k))
-        codes, groups = codes[order], groups[order]
+        codes = codes[order]
         scale = scales.float()
         zero = scale * (8 - zeros.float())
         repeat = group_size // sub_group

@@ -59,6 +59,7 @@ class QuantLinear(nn.Module):
             self.qzeros.copy_(pack_cols(zeros, self.config.bits))
         if not has_g_idx:  # AWQ, and GPTQ files written without one
             self.g_idx.copy_(torch.arange(self.in_features, device=self.g_idx.device) // self.group_size)
+        # scales are a float buffer, so they carry the model's dtype: bf16 on CPU takes the int4 kernel
         if self.qweight.device.type == "cpu" and self.scales.dtype == torch.bfloat16 and self.config.bits == 4:
             self._int4_cpu = Int4CpuWeight.from_packed(self.qweight, self.qzeros, self.scales, self.g_idx,
                                                        self.group_size, self.config.method)

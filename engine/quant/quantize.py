@@ -2,8 +2,8 @@
 
 Methods: "rtn" (round to nearest), "gptq" (error-compensating, Hessian from calibration text;
 act-order on by default: on SmolLM2 plain-order GPTQ lands behind rounding, see
-benchmarks/results/quant.json), "awq" (activation-aware scales, then round to nearest). The result loads here without flags,
-and in any engine that reads the producers' formats.
+benchmarks/results/quant.json), "awq" (activation-aware scales, then round to nearest). The
+result loads here without flags, and in any engine that reads the producers' formats.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ class Server:
         return self.log_path.read_text()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -35,27 +36,33 @@ def _free_port() -> int:
 
 def start_server(model_path: Path, log_path: Path, *extra: str) -> Server:
     """Start the server and return once /health answers 200 (or fail with its log)."""
-    port = _free_port()
+    port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", str(model_path), "--host", "127.0.0.1", "--port", str(port), *extra],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
+    wait_until_ready(f"{url}/health", process, log_path.read_text)
+    name = "--served-model-name"
+    served = extra[extra.index(name) + 1] if name in extra else model_path.name
+    return Server(url, served, process, log_path)
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log: Callable[[], str]) -> None:
+    """Return once ``url`` answers 200; fail with the server's log if it exits or takes too long."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log()}")
         try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                name = "--served-model-name"
-                served = extra[extra.index(name) + 1] if name in extra else model_path.name
-                return Server(url, served, process, log_path)
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)  # polling for readiness, bounded by the deadline
     process.kill()
-    raise RuntimeError(f"server did not become healthy in {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
+    raise RuntimeError(f"server did not become ready in {STARTUP_TIMEOUT_S} s:\n{log()}")
 
 
 def stop_server(server: Server) -> None:

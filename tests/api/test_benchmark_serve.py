@@ -6,11 +6,9 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-from conftest import _free_port
+from conftest import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,19 +34,15 @@ def test_serve_benchmark_against_our_server_and_the_transformers_baseline(server
     _check(ours)
     assert ours["model"] == server.model
 
-    port = _free_port()
-    baseline = subprocess.Popen([sys.executable, "-m", "benchmarks.hf_server", "--model", str(tiny_model_factory("llama")),
-                                 "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = free_port()
+    log_path = tmp_path / "hf_server.log"
+    with open(log_path, "w") as log:
+        baseline = subprocess.Popen([sys.executable, "-m", "benchmarks.hf_server", "--model",
+                                     str(tiny_model_factory("llama")), "--port", str(port)],
+                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert baseline.poll() is None, baseline.stderr.read().decode()
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)  # polling for readiness, bounded by the deadline
+        wait_until_ready(f"{url}/v1/models", baseline, log_path.read_text)
         _check(_load(url, "transformers", tmp_path / "hf.json"))
     finally:
         baseline.terminate()

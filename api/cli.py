@@ -69,11 +69,15 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--kv-cache-memory-gb", type=float, default=None)
     parser.add_argument("--num-kv-blocks", type=int, default=None)
+    parser.add_argument("--quantization", default=None, choices=("awq", "gptq", "none"),
+                        help="default: as the checkpoint says; 'none': compute with dequantized weights")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="run every step eagerly: no compiled CPU step, no CUDA graphs")
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     names = ("dtype", "device", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
-             "kv_cache_memory_gb", "num_kv_blocks")
+             "kv_cache_memory_gb", "num_kv_blocks", "quantization", "enforce_eager")
     return {name: getattr(args, name) for name in names}
 
 

@@ -18,12 +18,12 @@ from .common import median, run_info, synthetic_prompts
 
 
 class ModelTimer:
-    """Adds up the seconds spent in the model's forward and logits of one engine (wraps the instance)."""
+    """Adds up the seconds spent in the model (forward, compiled or not, and logits) of one engine."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, runner) -> None:
         self.seconds = 0.0
-        for name in ("forward", "compute_logits"):
-            setattr(model, name, self._timed(getattr(model, name)))
+        runner.run_model = self._timed(runner.run_model)
+        runner.model.compute_logits = self._timed(runner.model.compute_logits)
 
     def _timed(self, fn):
         def wrapper(*args, **kwargs):
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     llm = LLM(args.model, dtype=args.dtype, max_model_len=args.input_len + args.steps + 16,
               max_num_seqs=max(args.batch_sizes))
-    timer = ModelTimer(llm.engine.runner.model)
+    timer = ModelTimer(llm.engine.runner)
     results = {**run_info(), "model": llm.engine.model_name, "dtype": str(llm.engine.runtime.dtype),
                "runs": [measure(llm, timer, b, args.input_len, args.steps) for b in args.batch_sizes]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_CPU_KV_CACHE_GB = 4.0
+QUANTIZATION_CHOICES = (None, "awq", "gptq", "none")
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True
-    quantization: str | None = None
+    quantization: str | None = None  # None: as the checkpoint says; "none": dequantized weights (GGUF, AWQ, GPTQ)
     seed: int = 0
     tensor_parallel_size: int = 1
     kv_cache_memory_gb: float | None = None
     num_kv_blocks: int | None = None
     gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False  # on CUDA: no CUDA graphs for decode steps
+    enforce_eager: bool = False  # no compiled decode step on the CPU, no CUDA graphs on CUDA
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineConfig":
@@ -63,8 +64,9 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_gb must be positive, got {self.kv_cache_memory_gb}")
         if self.tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet; use 1")
-        if self.quantization not in (None, "awq", "gptq"):
-            raise ValueError(f"quantization must be None (read from the checkpoint), 'awq' or 'gptq', got {self.quantization!r}")
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise ValueError(f"quantization must be None (read from the checkpoint), 'awq', 'gptq' or 'none' "
+                             f"(compute with dequantized weights), got {self.quantization!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from .forward_batch import AttentionMetadata, ForwardBatch
+from .forward_batch import DecodeMetadata, ForwardBatch
 
 logger = logging.getLogger(__name__)
 
@@ -42,49 +42,40 @@ class DecodeGraphs:
     def max_size(self) -> int:
         return self.sizes[-1]
 
-    def _batch(self, size: int) -> ForwardBatch:
-        empty = torch.zeros(0, dtype=torch.int32, device=self.input_ids.device)
-        attention = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:size], num_decode_tokens=size,
-            decode_block_tables=self.block_tables[:size], decode_seq_lens=self.seq_lens[:size],
-            prefill_block_tables=empty.reshape(0, self.block_tables.shape[1]),
-            prefill_cu_seqlens_q=torch.zeros(1, dtype=torch.int32, device=empty.device), prefill_seq_lens=empty,
-        )
-        return ForwardBatch(self.input_ids[:size], self.positions[:size], attention,
-                            logits_indices=torch.arange(size, device=empty.device), sampled=[], token_offsets={})
+    def _forward(self, size: int) -> torch.Tensor:
+        attention = DecodeMetadata(self.slot_mapping[:size], self.block_tables[:size], self.seq_lens[:size])
+        return self.model(self.input_ids[:size], self.positions[:size], attention, self.kv_layers)
 
     @torch.inference_mode()
     def capture(self) -> None:
         started = time.monotonic()
         pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory
-            batch = self._batch(size)
             for _ in range(2):  # warm up: Triton compiles and autotunes outside the capture
-                self.model(batch, self.kv_layers)
+                self._forward(size)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self.model(batch, self.kv_layers)
+                self.outputs[size] = self._forward(size)
             self.graphs[size] = graph
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs for decode batch sizes %s in %.1f s", self.sizes, time.monotonic() - started)
 
     def can_run(self, batch: ForwardBatch) -> bool:
-        num_tokens = batch.input_ids.shape[0]
-        return batch.attention.num_decode_tokens == num_tokens and 0 < num_tokens <= self.max_size
+        return isinstance(batch.attention, DecodeMetadata) and 0 < batch.input_ids.shape[0] <= self.max_size
 
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states of the step's ``n`` decode tokens (rows past ``n`` are padding)."""
         n = batch.input_ids.shape[0]
         size = next(s for s in self.sizes if s >= n)
-        width = batch.attention.decode_block_tables.shape[1]
+        width = batch.attention.block_tables.shape[1]
         self.input_ids[:n].copy_(batch.input_ids)
         self.positions[:n].copy_(batch.positions)
         self.slot_mapping[:n].copy_(batch.attention.slot_mapping)
         self.slot_mapping[n:size].fill_(-1)
-        self.block_tables[:n, :width].copy_(batch.attention.decode_block_tables)
+        self.block_tables[:n, :width].copy_(batch.attention.block_tables)
         self.block_tables[n:size].zero_()
-        self.seq_lens[:n].copy_(batch.attention.decode_seq_lens)
+        self.seq_lens[:n].copy_(batch.attention.seq_lens)
         self.seq_lens[n:size].fill_(1)
         self.graphs[size].replay()
         return self.outputs[size][:n]

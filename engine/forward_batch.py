@@ -1,7 +1,9 @@
 """SchedulerOutput -> the step's tensors, built in one place.
 
-Requests with one new token (decodes) come first so attention can run the decode kernel on
-``[:num_decode_tokens]`` and the prefill kernel on the rest.
+A step of decodes only carries ``DecodeMetadata``. In a step with prompt tokens, requests with
+one new token (decodes) come first so attention can run the decode kernel on
+``[:num_decode_tokens]`` and the prefill kernel on the rest. The metadata holds tensors only, so
+a compiled graph sees no Python number that would specialise it.
 """
 
 from __future__ import annotations
@@ -14,21 +16,31 @@ from scheduler import ScheduledRequest, SchedulerOutput
 
 
 @dataclass
+class DecodeMetadata:
+    slot_mapping: torch.Tensor  # int64 [num_seqs]
+    block_tables: torch.Tensor  # int32 [num_seqs, max_blocks]
+    seq_lens: torch.Tensor  # int32 [num_seqs]
+
+
+@dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num_tokens]
-    num_decode_tokens: int
     decode_block_tables: torch.Tensor  # int32 [num_decodes, max_blocks]
     decode_seq_lens: torch.Tensor  # int32 [num_decodes]
     prefill_block_tables: torch.Tensor  # int32 [num_prefills, max_blocks]
     prefill_cu_seqlens_q: torch.Tensor  # int32 [num_prefills + 1]
     prefill_seq_lens: torch.Tensor  # int32 [num_prefills]
 
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.decode_seq_lens.shape[0]
+
 
 @dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # int64 [num_tokens]
     positions: torch.Tensor  # int64 [num_tokens]
-    attention: AttentionMetadata
+    attention: AttentionMetadata | DecodeMetadata
     logits_indices: torch.Tensor  # int64 [num_rows]: last token of each sampling request, once per sample
     sampled: list[tuple[str, int]]  # (request_id, num_samples), in the order of logits_indices
     token_offsets: dict[str, int]  # where each request's tokens start in the flattened batch
@@ -59,14 +71,17 @@ class ForwardBatch:
         def tensor(values, dtype=torch.int64):
             return torch.tensor(values, dtype=dtype, device=device)
 
+        decode_seq_lens = tensor([s.seq_len for s in decodes], torch.int32)
+        if not prefills:
+            attention = DecodeMetadata(tensor(slots), _block_tables(decodes, device), decode_seq_lens)
+            return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled, offsets)
         cu_seqlens = [0]
         for item in prefills:
             cu_seqlens.append(cu_seqlens[-1] + item.num_tokens)
         attention = AttentionMetadata(
             slot_mapping=tensor(slots),
-            num_decode_tokens=len(decodes),
             decode_block_tables=_block_tables(decodes, device),
-            decode_seq_lens=tensor([s.seq_len for s in decodes], torch.int32),
+            decode_seq_lens=decode_seq_lens,
             prefill_block_tables=_block_tables(prefills, device),
             prefill_cu_seqlens_q=tensor(cu_seqlens, torch.int32),
             prefill_seq_lens=tensor([s.seq_len for s in prefills], torch.int32),

@@ -13,15 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.dispatch import kernel_choice
 from scheduler import FinishReason, Request, Scheduler, SchedulerConfig, StopConditions
 
 from .config import EngineConfig, RuntimeInfo
 from .input_processor import InputProcessor, PromptType
 from .kv_cache import bytes_per_block, num_blocks_for_memory
+from .compiled_decode import use_compile_cache
 from .loader import load_hf_config, resolve_model
+from .loader.resolve import cache_dir
 from .model_runner import ModelRunner
 from .output_processor import OutputProcessor, RequestState, fork_id
-from .quant.config import quant_config_from
+from .quant.format import quant_format_from
+from .quant.lowbit import cpu_int4_available
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import Sampler
 from .sampling_params import SamplingParams
@@ -64,9 +68,15 @@ class LLMEngine:
         max_model_len = _max_model_len(config, hf_config)
 
         started = time.monotonic()
+        compile_decode = device.type == "cpu" and not config.enforce_eager and kernel_choice() != "triton"
+        if compile_decode:  # before loading: loading weights already settles torch's default cache folder
+            use_compile_cache(cache_dir() / "inductor")
         self.tokenizer = load_tokenizer(source)
-        quant = quant_config_from(hf_config, None if source.is_gguf else source.path, config.quantization)
-        self.runner = ModelRunner(source, hf_config, device, dtype, quant)
+        quant = quant_format_from(hf_config, None if source.is_gguf else source.path, config.quantization)
+        dequantize = config.quantization == "none"
+        # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
+        low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available()
+        self.runner = ModelRunner(source, hf_config, device, dtype, quant, low_bit=low_bit, dequantize=dequantize)
         spec = self.runner.model.spec
         block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.num_kv_heads, spec.head_dim, dtype)
         max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
@@ -85,6 +95,8 @@ class LLMEngine:
         self.runner.allocate_kv_cache(num_blocks, config.block_size)
         if device.type == "cuda" and not config.enforce_eager:
             self.runner.capture_decode_graphs(config.max_num_seqs, max_model_len)
+        if compile_decode:
+            self.runner.compile_decode(config.max_num_seqs)
         self.runtime = RuntimeInfo(device, dtype, max_model_len, max_num_batched_tokens, num_blocks,
                                    num_blocks * block_bytes)
         logger.info("loaded %s in %.1f s: %s", source.name, time.monotonic() - started, self.runtime.describe())

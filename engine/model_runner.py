@@ -9,12 +9,13 @@ import torch
 
 from scheduler import SchedulerOutput
 
+from .compiled_decode import CompiledDecode
 from .cuda_graphs import DecodeGraphs
-from .forward_batch import ForwardBatch
+from .forward_batch import DecodeMetadata, ForwardBatch
 from .kv_cache import KVCache
 from .loader import ModelSource, iter_weights
 from .models.registry import build_model
-from .quant.config import QuantConfig
+from .quant.format import QuantFormat
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,19 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype,
-                 quant: QuantConfig | None = None) -> None:
+                 quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False) -> None:
+        """``low_bit``: keep the checkpoint's 4/8-bit weights in torch's CPU kernels for small steps;
+        ``dequantize``: compute AWQ/GPTQ layers on dense weights (always so on the CPU)."""
         self.device, self.dtype = device, dtype
         with torch.device("meta"):  # no random init of weights that are overwritten at once
             model = build_model(hf_config, quant)
         model = model.to(dtype).to_empty(device=device)
-        model.load_weights(iter_weights(source))
+        model.load_weights(iter_weights(source), low_bit=low_bit, unpack_quantized=dequantize or device.type == "cpu")
         model.initialize_buffers(device)
         self.model = model.eval()
         self.kv_cache: KVCache | None = None
         self.decode_graphs: DecodeGraphs | None = None
+        self.compiled_decode: CompiledDecode | None = None
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         spec = self.model.spec
@@ -57,13 +61,23 @@ class ModelRunner:
         self.decode_graphs = DecodeGraphs(self.model, self.kv_cache.layers, max_num_seqs, max_blocks, self.device)
         self.decode_graphs.capture()
 
+    def compile_decode(self, max_num_seqs: int) -> None:
+        """On the CPU: compile the decode step (after the KV cache exists) and its every graph now."""
+        self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers)
+        self.compiled_decode.warm_up(max_num_seqs, self.kv_cache.block_size)
+
+    def run_model(self, batch: ForwardBatch, graphs_allowed: bool = True) -> torch.Tensor:
+        """Hidden states of every token of the step: a CUDA graph, the compiled CPU decode step, or eager."""
+        if self.decode_graphs is not None and graphs_allowed and self.decode_graphs.can_run(batch):
+            return self.decode_graphs.run(batch)
+        if self.compiled_decode is not None and isinstance(batch.attention, DecodeMetadata):
+            return self.compiled_decode.run(batch)
+        return self.model(batch.input_ids, batch.positions, batch.attention, self.kv_cache.layers)
+
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput, prompt_logprob_ids: set[str] = frozenset()) -> StepResult:
         batch = ForwardBatch.build(output, self.kv_cache.block_size, self.device)
-        if self.decode_graphs is not None and not prompt_logprob_ids and self.decode_graphs.can_run(batch):
-            hidden = self.decode_graphs.run(batch)
-        else:
-            hidden = self.model(batch, self.kv_cache.layers)
+        hidden = self.run_model(batch, graphs_allowed=not prompt_logprob_ids)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
         prompt_logits = {}
         for item in output.scheduled:

@@ -10,11 +10,7 @@ from .loader import ModelSource
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    if source.is_gguf:
-        from .loader.gguf import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(source.path)
-    return AutoTokenizer.from_pretrained(source.path)
+    return AutoTokenizer.from_pretrained(source.meta_path)
 
 
 def apply_chat_template(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = True,

@@ -1,12 +1,18 @@
-"""Paged attention layer: write this step's K/V into the cache, then attend through block tables."""
+"""Paged attention layer: write this step's K/V into the cache, then attend through block tables.
+
+A decode-only step carries ``DecodeMetadata``. Traced by ``torch.compile`` (the CPU decode graph),
+it runs ``kernels.fused_cpu``, which inductor fuses into loops that read the cache in place;
+anywhere else it runs the kernel contract (Triton on CUDA, the torch reference on the CPU).
+"""
 
 from __future__ import annotations
 
 import torch
 
 import kernels
+from kernels import fused_cpu
 
-from ..forward_batch import AttentionMetadata
+from ..forward_batch import AttentionMetadata, DecodeMetadata
 
 
 def paged_attention(
@@ -15,16 +21,21 @@ def paged_attention(
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    meta: AttentionMetadata,
+    meta: AttentionMetadata | DecodeMetadata,
     scale: float,
 ) -> torch.Tensor:
     """q ``[num_tokens, num_heads, head_dim]``, k/v ``[num_tokens, num_kv_heads, head_dim]`` -> like q."""
+    if isinstance(meta, DecodeMetadata):
+        if torch.compiler.is_compiling():
+            fused_cpu.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            return fused_cpu.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
+        kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        return kernels.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
     kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     num_decode = meta.num_decode_tokens
-    if num_decode == q.shape[0]:
-        return kernels.paged_attention_decode(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, scale)
     prefill = kernels.paged_attention_prefill(
-        q[num_decode:], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, scale
+        q[num_decode:], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens_q, meta.prefill_seq_lens,
+        scale,
     )
     if num_decode == 0:
         return prefill

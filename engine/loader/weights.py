@@ -1,4 +1,8 @@
-"""Iterate a model's weights as (Hugging Face name, tensor), whatever the file format."""
+"""Iterate a model's weights as (Hugging Face name, tensor), whatever the file format.
+
+GGUF tensors stored in 4- or 8-bit blocks come as low-bit groups (``engine.quant.lowbit``), the
+rest as tensors.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,20 @@ from typing import Iterator
 
 import torch
 
+from ..quant.lowbit import LowBitGroups
+from .gguf import iter_gguf_weights
 from .resolve import ModelSource
 
 
 def load_hf_config(source: ModelSource):
     from transformers import AutoConfig
 
+    return AutoConfig.from_pretrained(source.meta_path)
+
+
+def iter_weights(source: ModelSource) -> Iterator[tuple[str, torch.Tensor | LowBitGroups]]:
     if source.is_gguf:
-        return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name)
-    return AutoConfig.from_pretrained(source.path)
-
-
-def iter_weights(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:
-    if source.is_gguf:
-        from .gguf import load_gguf
-
-        yield from load_gguf(source.path)[1].items()
+        yield from iter_gguf_weights(source.path)
         return
     yield from iter_safetensors(source.path)
 

@@ -1,6 +1,7 @@
 """One decoder family over the paged KV cache: Llama, Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k norm).
 
-Projections are fused (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so a layer
+Each layer owns its forward (norms and the residual stream inside it); the model loops over
+layers. Projections are fused (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so a layer
 runs two matmuls where Hugging Face runs five; ``load_weights`` maps HF names onto them.
 """
 
@@ -14,11 +15,13 @@ from torch import nn
 
 import kernels
 
-from ..forward_batch import ForwardBatch
+from ..forward_batch import AttentionMetadata, DecodeMetadata
 from ..layers.attention import paged_attention
+from ..layers.linear import Linear
 from ..layers.rotary import build_cos_sin_cache
-from ..quant.config import QuantConfig
+from ..quant.format import QuantFormat
 from ..quant.linear import QuantLinear
+from ..quant.lowbit import LowBitGroups
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,10 @@ class DecoderSpec:
     qk_norm: bool
     tie_word_embeddings: bool
     max_position: int
-    quant: QuantConfig | None = None
+    quant: QuantFormat | None = None
 
     @classmethod
-    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool, quant: QuantConfig | None = None) -> "DecoderSpec":
+    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool, quant: QuantFormat | None = None) -> "DecoderSpec":
         num_heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
         return cls(
@@ -60,17 +63,18 @@ class DecoderSpec:
         )
 
 
-def make_linear(spec: DecoderSpec, in_features: int, out_features: int, bias: bool, hf_prefix: str) -> nn.Module:
-    """A plain linear layer, or a packed one where the checkpoint quantized it."""
+def make_linear(spec: DecoderSpec, in_features: int, output_sizes: tuple[int, ...], bias: bool,
+                hf_prefix: str) -> nn.Module:
+    """A dense (maybe low-bit backed) linear layer, or a packed one where an AWQ/GPTQ checkpoint quantized it."""
     if spec.quant is not None and spec.quant.is_quantized(hf_prefix):
-        return QuantLinear(in_features, out_features, bias, spec.quant)
-    return nn.Linear(in_features, out_features, bias=bias)
+        return QuantLinear(in_features, sum(output_sizes), bias, spec.quant)
+    return Linear(in_features, sum(output_sizes), bias, output_sizes)
 
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
+        self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
@@ -83,36 +87,48 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.q_size = spec.num_heads * spec.head_dim
         self.kv_size = spec.num_kv_heads * spec.head_dim
-        self.qkv_proj = make_linear(spec, spec.hidden_size, self.q_size + 2 * self.kv_size, spec.qkv_bias,
+        self.qkv_proj = make_linear(spec, spec.hidden_size, (self.q_size, self.kv_size, self.kv_size), spec.qkv_bias,
                                     f"{prefix}.q_proj")
-        self.o_proj = make_linear(spec, self.q_size, spec.hidden_size, False, f"{prefix}.o_proj")
+        self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj")
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.scale = spec.head_dim**-0.5
 
-    def forward(self, x, batch: ForwardBatch, cos_sin_cache, k_cache, v_cache) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+    def forward(self, hidden: torch.Tensor, step: "Step", kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = kernels.rotary_embedding(batch.positions, q, k, cos_sin_cache, True)
-        out = paged_attention(q, k, v, k_cache, v_cache, batch.attention, self.scale)
+        q, k = kernels.rotary_embedding(step.positions, q, k, step.cos_sin_cache, True)
+        out = paged_attention(q, k, v, *kv_cache, step.attention, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
 class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, prefix: str) -> None:
         super().__init__()
-        self.gate_up_proj = make_linear(spec, spec.hidden_size, 2 * spec.intermediate_size, False, f"{prefix}.gate_proj")
-        self.down_proj = make_linear(spec, spec.intermediate_size, spec.hidden_size, False, f"{prefix}.down_proj")
+        self.gate_up_proj = make_linear(spec, spec.hidden_size, (spec.intermediate_size,) * 2, False,
+                                        f"{prefix}.gate_proj")
+        self.down_proj = make_linear(spec, spec.intermediate_size, (spec.hidden_size,), False, f"{prefix}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
+@dataclass
+class Step:
+    """What every layer reads of the step: positions, the rotary table and the attention metadata."""
+
+    positions: torch.Tensor  # int64 [num_tokens]
+    cos_sin_cache: torch.Tensor
+    attention: AttentionMetadata | DecodeMetadata
+
+
 class DecoderLayer(nn.Module):
+    """Pre-norm block; the residual stream is carried beside the hidden states so each norm adds it in."""
+
     def __init__(self, spec: DecoderSpec, index: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
@@ -120,13 +136,30 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.mlp = MLP(spec, f"model.layers.{index}.mlp")
 
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, step: Step,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, step, kv_cache)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
 
 class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList(DecoderLayer(spec, index) for index in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, step: Step, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden, residual = layer(hidden, residual, step, kv_cache)
+        return self.norm(hidden, residual)[0]
 
 
 # HF checkpoint name -> (our fused parameter, shard index among its parts)
@@ -140,11 +173,12 @@ _STACKED = {
 
 
 class DecoderForCausalLM(nn.Module):
-    def __init__(self, hf_config, qkv_bias: bool = False, qk_norm: bool = False, quant: QuantConfig | None = None) -> None:
+    def __init__(self, hf_config, qkv_bias: bool = False, qk_norm: bool = False, quant: QuantFormat | None = None) -> None:
         super().__init__()
         self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm, quant)
         self.model = DecoderModel(spec)
-        self.lm_head = None if spec.tie_word_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        # tied: the lm_head shares the embedding's dense weight (set by load_weights) and gets its own low-bit kernel
+        self.lm_head = Linear(spec.hidden_size, spec.vocab_size)
         self._hf_config = hf_config
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
 
@@ -152,71 +186,82 @@ class DecoderForCausalLM(nn.Module):
         """Compute the fp32 rotary table; called after the parameters are materialised and cast."""
         self.cos_sin_cache = build_cos_sin_cache(self._hf_config, self.spec.head_dim, self.spec.max_position).to(device)
 
-    def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionMetadata | DecodeMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states ``[num_tokens, hidden]`` after the final norm, for every token of the step."""
-        hidden = self.model.embed_tokens(batch.input_ids)
-        residual = None
-        for layer, (k_cache, v_cache) in zip(self.model.layers, kv_caches):
-            if residual is None:
-                residual = hidden
-                hidden = layer.input_layernorm(hidden)
-            else:
-                hidden, residual = layer.input_layernorm(hidden, residual)
-            hidden = layer.self_attn(hidden, batch, self.cos_sin_cache, k_cache, v_cache)
-            hidden, residual = layer.post_attention_layernorm(hidden, residual)
-            hidden = layer.mlp(hidden)
-        hidden, _ = self.model.norm(hidden, residual)
-        return hidden
+        return self.model(input_ids, Step(positions, self.cos_sin_cache, attention), kv_caches)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return self.lm_head(hidden).float()
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into our (partly fused, maybe packed) tensors; fail on anything missing or unknown."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]], low_bit: bool = False,
+                     unpack_quantized: bool = False) -> None:
+        """Copy HF-named tensors into our (partly fused, maybe packed) tensors; fail on anything missing or unknown.
+
+        ``low_bit``: keep checkpoint low-bit weights in CPU kernels beside their dense copy (bf16 on CPU).
+        ``unpack_quantized``: turn AWQ/GPTQ packed layers into dense ones (the CPU has no packed kernel).
+        """
+        tied = self.spec.tie_word_embeddings
+        if tied:  # after materialising: moving a module to a device or dtype unties shared parameters
+            self.lm_head.weight = self.model.embed_tokens.weight
         modules = dict(self.named_modules())
-        tensors = dict(self.named_parameters())
+        tensors = dict(self.named_parameters(remove_duplicate=False))
         tensors.update((n, b) for n, b in self.named_buffers() if n != "cos_sin_cache")
         loaded: set[str] = set()
         for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name or (self.lm_head is None and name == "lm_head.weight"):
+            if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
-            target, shard = name, None
-            for hf_part, (ours, index) in _STACKED.items():
-                if f".{hf_part}." in name:
-                    target, shard = name.replace(f".{hf_part}.", f".{ours}."), index
-                    break
-            if target not in tensors:
-                raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
-            module_name, tensor_name = target.rsplit(".", 1)
-            destination = tensors[target].data
-            if shard is not None:
-                sizes = self._shard_sizes(target)
-                start = sum(sizes[:shard])
-                module = modules[module_name]
-                if isinstance(module, QuantLinear):
-                    destination = module.shard(tensor_name, start, sizes[shard])
-                    if destination is None:  # g_idx: the fused parts share one input, so one g_idx
-                        destination = tensors[target].data
-                        if target in loaded and not torch.equal(destination, tensor.to(destination.dtype)):
-                            raise ValueError(f"checkpoint tensor {name!r} differs from its fused siblings' g_idx")
-                else:
-                    destination = destination.narrow(0, start, sizes[shard])
-            _copy_checked(destination, tensor, name)
-            loaded.add(target)
-        for module_name, module in modules.items():
+            targets = [name, "lm_head.weight"] if tied and name == "model.embed_tokens.weight" else [name]
+            for hf_name in targets:
+                target, shard = _fused_name(hf_name)
+                if target not in tensors:
+                    raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
+                self._load_one(modules, tensors, target, shard, tensor, name, target in loaded)
+                loaded.add(target)
+        for module_name, module in list(modules.items()):
             if isinstance(module, QuantLinear):
                 module.finalize(has_g_idx=f"{module_name}.g_idx" in loaded)
                 loaded.add(f"{module_name}.g_idx")
+                if unpack_quantized:
+                    self.set_submodule(module_name, module.to_linear(low_bit))
+            elif isinstance(module, Linear):
+                module.finalize(low_bit)
         missing = [n for n in tensors if n not in loaded]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
 
-    def _shard_sizes(self, target: str) -> list[int]:
-        spec = self.spec
-        if ".qkv_proj." in target:
-            return [spec.num_heads * spec.head_dim] + [spec.num_kv_heads * spec.head_dim] * 2
-        return [spec.intermediate_size] * 2
+    def _load_one(self, modules: dict, tensors: dict, target: str, shard: int | None, tensor, name: str,
+                  seen: bool) -> None:
+        module_name, tensor_name = target.rsplit(".", 1)
+        module = modules[module_name]
+        if isinstance(module, Linear):
+            module.load(tensor_name, tensor, shard or 0)
+            return
+        if not isinstance(tensor, torch.Tensor):
+            tensor = tensor.dequantize()
+        destination = tensors[target].data
+        if isinstance(module, QuantLinear) and shard is not None:
+            sizes = _shard_sizes(self.spec, target)
+            destination = module.shard(tensor_name, sum(sizes[:shard]), sizes[shard])
+            if destination is None:  # g_idx: the fused parts share one input, so one g_idx
+                destination = tensors[target].data
+                if seen and not torch.equal(destination, tensor.to(destination.dtype)):
+                    raise ValueError(f"checkpoint tensor {name!r} differs from its fused siblings' g_idx")
+        _copy_checked(destination, tensor, name)
+
+
+def _fused_name(name: str) -> tuple[str, int | None]:
+    """Our parameter name for an HF name, and its part index in a fused projection."""
+    for hf_part, (ours, index) in _STACKED.items():
+        if f".{hf_part}." in name:
+            return name.replace(f".{hf_part}.", f".{ours}."), index
+    return name, None
+
+
+def _shard_sizes(spec: DecoderSpec, target: str) -> list[int]:
+    if ".qkv_proj." in target:
+        return [spec.num_heads * spec.head_dim] + [spec.num_kv_heads * spec.head_dim] * 2
+    return [spec.intermediate_size] * 2
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..quant.config import QuantConfig
+from ..quant.format import QuantFormat
 from .llama import DecoderForCausalLM
 
 # Architecture -> decoder flags; qkv_bias defaults to the config's ``attention_bias``.
@@ -18,7 +18,7 @@ _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "q
                 "qwen3": "Qwen3ForCausalLM"}
 
 
-def build_model(hf_config, quant: QuantConfig | None = None) -> nn.Module:
+def build_model(hf_config, quant: QuantFormat | None = None) -> nn.Module:
     names = list(getattr(hf_config, "architectures", None) or [])
     names.append(_MODEL_TYPES.get(hf_config.model_type, hf_config.model_type))  # GGUF configs list none
     for name in names:

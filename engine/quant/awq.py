@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import QuantSpec, quantize_rtn
+from .checkpoint import quantize_rtn
+from .format import QuantFormat
 
 GRID = 20
 
 
-def _fake_quantize(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def _fake_quantize(weight: torch.Tensor, spec: QuantFormat) -> torch.Tensor:
     """What a loader would compute from the RTN-quantized ``weight [N, K]``."""
     return quantize_rtn(weight, spec).dequantize().T
 
 
 @torch.no_grad()
-def search_scales(weights: list[torch.Tensor], inputs: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def search_scales(weights: list[torch.Tensor], inputs: torch.Tensor, spec: QuantFormat) -> torch.Tensor:
     """Per-input-channel scales ``[K]`` for linears ``weights`` (each ``[N_i, K]``) reading ``inputs [T, K]``."""
     x = inputs.float()
     magnitude = x.abs().mean(dim=0).clamp(min=1e-6)

@@ -16,25 +16,9 @@ import torch
 
 from kernels.quant_pack import pack_awq, pack_gptq
 
+from .format import QuantFormat
+
 QUANTIZED_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    fmt: str  # "awq" or "gptq"
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = False  # GPTQ only; AWQ is always asymmetric
-    desc_act: bool = False  # GPTQ only
-    v1: bool = False  # GPTQ only: write zeros minus one (checkpoint_format "gptq")
-
-    def quantization_config(self) -> dict:
-        if self.fmt == "awq":
-            return {"quant_method": "awq", "bits": 4, "group_size": self.group_size, "zero_point": True,
-                    "version": "gemm", "modules_to_not_convert": None}
-        return {"quant_method": "gptq", "bits": self.bits, "group_size": self.group_size, "sym": self.sym,
-                "desc_act": self.desc_act, "checkpoint_format": "gptq" if self.v1 else "gptq_v2",
-                "pack_dtype": "int32", "lm_head": False}
 
 
 @dataclass
@@ -50,11 +34,11 @@ class Quantized:
         return (self.codes - self.zeros[groups]).float() * self.scales[groups].float()
 
 
-def group_params(weights: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(weights: torch.Tensor, spec: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (fp16-rounded) and true zero of each column of ``weights [rows, N]`` (one group)."""
     top = (1 << spec.bits) - 1
     w = weights.float()
-    if spec.fmt == "awq":  # AutoAWQ: plain min/max
+    if spec.method == "awq":  # AutoAWQ: plain min/max
         low, high = w.min(0).values, w.max(0).values
         scale = ((high - low).clamp(min=1e-5) / top).half().float()
         zero = (-torch.round(low / scale)).clamp(0, top)
@@ -68,7 +52,7 @@ def group_params(weights: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, 
     return scale, zero
 
 
-def quantize_rtn(weight: torch.Tensor, spec: QuantSpec, order: torch.Tensor | None = None) -> Quantized:
+def quantize_rtn(weight: torch.Tensor, spec: QuantFormat, order: torch.Tensor | None = None) -> Quantized:
     """Round-to-nearest of an HF weight ``[N, K]`` in groups of input rows.
 
     ``order`` (GPTQ act-order) lists the input rows in the order groups are cut.
@@ -92,11 +76,11 @@ def quantize_rtn(weight: torch.Tensor, spec: QuantSpec, order: torch.Tensor | No
     return Quantized(codes, zeros.long(), scales.half(), g_idx)
 
 
-def pack(q: Quantized, spec: QuantSpec) -> dict[str, torch.Tensor]:
-    if spec.fmt == "awq":
+def pack(q: Quantized, spec: QuantFormat) -> dict[str, torch.Tensor]:
+    if spec.method == "awq":
         qweight, qzeros = pack_awq(q.codes, q.zeros)
         return {"qweight": qweight, "qzeros": qzeros, "scales": q.scales}
-    qweight, qzeros = pack_gptq(q.codes, q.zeros, spec.bits, spec.v1)
+    qweight, qzeros = pack_gptq(q.codes, q.zeros, spec.bits, spec.v1_zeros)
     return {"qweight": qweight, "qzeros": qzeros, "scales": q.scales, "g_idx": q.g_idx}
 
 
@@ -105,13 +89,13 @@ def is_quantized_linear(name: str) -> bool:
     return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in QUANTIZED_LINEARS and ".layers." in name
 
 
-def write_checkpoint(source: Path, out: Path, tensors: dict[str, torch.Tensor], spec: QuantSpec) -> None:
+def write_checkpoint(source: Path, out: Path, tensors: dict[str, torch.Tensor], spec: QuantFormat) -> None:
     """A folder like the producers write: config.json with quantization_config, one safetensors, tokenizer."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads((source / "config.json").read_text())
-    config["quantization_config"] = spec.quantization_config()
+    config["quantization_config"] = spec.to_quantization_config()
     config["torch_dtype"] = "float16"
     (out / "config.json").write_text(json.dumps(config, indent=2))
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(out / "model.safetensors"),
@@ -121,7 +105,7 @@ def write_checkpoint(source: Path, out: Path, tensors: dict[str, torch.Tensor], 
             shutil.copy(file, out / file.name)
 
 
-def quantize_folder_rtn(source: Path, out: Path, spec: QuantSpec, seed: int = 0) -> None:
+def quantize_folder_rtn(source: Path, out: Path, spec: QuantFormat, seed: int = 0) -> None:
     """Round-to-nearest every decoder linear of a safetensors model folder into an AWQ/GPTQ checkpoint.
 
     With ``desc_act`` the groups are cut in a seeded random row order (what act-order files look

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import Quantized, QuantSpec, group_params
+from .checkpoint import Quantized, group_params
+from .format import QuantFormat
 
 BLOCK = 128  # columns updated together before the lazy batch update
 
 
 @torch.no_grad()
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, damp_percent: float = 0.1) -> Quantized:
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantFormat, damp_percent: float = 0.1) -> Quantized:
     w = weight.double().clone()  # [N, K]
     n, k = w.shape
     h = hessian.double().clone()

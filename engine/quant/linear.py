@@ -2,7 +2,10 @@
 
 Fused projections (q/k/v, gate/up) concatenate their parts along the output dimension; the
 packed tensors' output-dimension stride differs per tensor, which ``shard`` accounts for.
-After loading, ``finalize`` turns GPTQ v1 zeros into true zeros and fills a missing g_idx.
+After loading, ``finalize`` turns GPTQ v1 zeros into true zeros and fills a missing g_idx. The
+packed layer computes on CUDA (the Triton w4a16 kernel); on the CPU, ``to_linear`` gives the
+``Linear`` that replaces it (also wherever ``quantization='none'``): the weight dequantized once, plus, in bf16, torch's int4 kernel over
+the same codes for small steps.
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ import torch
 from torch import nn
 
 import kernels
-from kernels.quant_pack import pack_cols, unpack_cols
+from kernels.quant_pack import pack_cols, unpack_cols, unpack_layer
 
-from .config import QuantConfig
-from .int4_cpu import Int4CpuWeight
+from ..layers.linear import Linear
+from .format import QuantFormat
+from .lowbit import int4_groups_from_packed, low_bit_matmul
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantConfig) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantFormat) -> None:
         super().__init__()
         k, n, pf = in_features, out_features, config.pack_factor
         group_size = k if config.group_size == -1 else config.group_size
@@ -34,7 +38,6 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.empty((groups, n), dtype=torch.float16))
         self.register_buffer("g_idx", torch.empty((k,), dtype=torch.int32))
         self.bias = nn.Parameter(torch.empty(n)) if bias else None
-        self._int4_cpu: Int4CpuWeight | None = None  # set by finalize for a bf16 model on CPU
 
     def columns_per_entry(self, name: str) -> int:
         """How many output columns one entry of this tensor's last dimension covers."""
@@ -59,15 +62,24 @@ class QuantLinear(nn.Module):
             self.qzeros.copy_(pack_cols(zeros, self.config.bits))
         if not has_g_idx:  # AWQ, and GPTQ files written without one
             self.g_idx.copy_(torch.arange(self.in_features, device=self.g_idx.device) // self.group_size)
-        # scales are a float buffer, so they carry the model's dtype: bf16 on CPU takes the int4 kernel
-        if self.qweight.device.type == "cpu" and self.scales.dtype == torch.bfloat16 and self.config.bits == 4:
-            self._int4_cpu = Int4CpuWeight.from_packed(self.qweight, self.qzeros, self.scales, self.g_idx,
-                                                       self.group_size, self.config.method)
+
+    @torch.no_grad()
+    def to_linear(self, low_bit: bool) -> Linear:
+        """The dense layer of the same weights; ``low_bit``: with the int4 kernel where it can hold the codes."""
+        weight = kernels.reference.dequantize_w4(self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
+                                                 self.config.method)
+        linear = Linear(self.in_features, self.out_features, self.bias is not None).to(self.scales.dtype)
+        linear.weight.data.copy_(weight.T)
+        if self.bias is not None:
+            linear.bias.data.copy_(self.bias)
+        if low_bit and self.config.bits == 4:
+            codes, zeros = unpack_layer(self.qweight, self.qzeros, self.in_features, self.config.method)
+            consecutive = int4_groups_from_packed(codes, zeros, self.scales, self.g_idx)
+            if consecutive is not None:
+                linear.low_bit = low_bit_matmul(*consecutive)
+        return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._int4_cpu is not None and x.dtype == torch.bfloat16:
-            out = self._int4_cpu.matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
-        else:
-            out = kernels.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
-                                     self.config.method)
+        out = kernels.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
+                                 self.config.method)
         return out if self.bias is None else out + self.bias

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from ..loader.weights import iter_safetensors
 from .awq import search_scales
 from .calibration import calibration_token_ids, collect_inputs, first_layer_inputs, layer_hessians, run_layer
-from .checkpoint import Quantized, QuantSpec, is_quantized_linear, pack, quantize_rtn, write_checkpoint
+from .checkpoint import Quantized, is_quantized_linear, pack, quantize_rtn, write_checkpoint
+from .format import QuantFormat
 from .gptq import gptq_quantize
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def quantize(model: str | Path, out: str | Path, method: str = "gptq", bits: int
     fmt = "awq" if method == "awq" else "gptq"
     if fmt == "awq" and bits != 4:
         raise ValueError(f"AWQ is 4-bit; got bits={bits}")
-    spec = QuantSpec(fmt, bits, group_size, sym=sym and fmt == "gptq", desc_act=desc_act and method == "gptq")
+    spec = QuantFormat(fmt, bits, group_size, sym=sym and fmt == "gptq", desc_act=desc_act and method == "gptq")
     started = time.monotonic()
     tensors = dict(iter_safetensors(source))
     quantized: dict[str, Quantized] = {}
@@ -62,7 +63,7 @@ def quantize(model: str | Path, out: str | Path, method: str = "gptq", bits: int
 
 
 @torch.no_grad()
-def _gptq_sequential(hf_model, sequences: list[list[int]], spec: QuantSpec) -> dict[str, Quantized]:
+def _gptq_sequential(hf_model, sequences: list[list[int]], spec: QuantFormat) -> dict[str, Quantized]:
     """GPTQ one decoder layer at a time, each calibrated on the outputs of the layers before it as
     quantized (their weights are swapped for the dequantized ones), so errors do not compound unseen.
 
@@ -81,7 +82,7 @@ def _gptq_sequential(hf_model, sequences: list[list[int]], spec: QuantSpec) -> d
     return results
 
 
-def _apply_awq_scales(tensors: dict[str, torch.Tensor], stats, spec: QuantSpec) -> None:
+def _apply_awq_scales(tensors: dict[str, torch.Tensor], stats, spec: QuantFormat) -> None:
     """Scale each input-sharing group of linears up by AWQ's search, and the op feeding them down.
 
     q/k/v take their input from input_layernorm, gate/up from post_attention_layernorm, down from

@@ -75,7 +75,8 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def server(default_model, tmp_path_factory):
-    """The default model served as 'smollm2' with a small context, shared by the API tests."""
+    """The default model served as 'smollm2' with a small context, shared by the API tests; its decode
+    step compiled, as ``engine serve`` runs by default."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     srv = start_server(default_model, log_path, "--served-model-name", "smollm2", "--max-model-len", "512",
                        "--max-num-seqs", "64")

@@ -200,7 +200,8 @@ def test_metrics_count_tokens_and_latency(server, client):
 
 
 def test_api_key_is_required_when_set(default_model, tmp_path):
-    server = start_server(default_model, tmp_path / "auth.log", "--api-key", "sesame", "--max-model-len", "128")
+    server = start_server(default_model, tmp_path / "auth.log", "--api-key", "sesame", "--max-model-len", "128",
+                          "--enforce-eager")
     try:
         answer = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "max_tokens": 1})
         assert answer.status_code == 401 and answer.json()["error"]["type"] == "authentication_error"
@@ -216,7 +217,7 @@ def test_api_key_is_required_when_set(default_model, tmp_path):
 
 def test_cors_preflight_is_answered_for_allowed_origins(default_model, tmp_path):
     server = start_server(default_model, tmp_path / "cors.log", "--allowed-origins", "http://app.example",
-                          "--max-model-len", "128")
+                          "--max-model-len", "128", "--enforce-eager")
     try:
         answer = httpx.options(f"{server.url}/v1/completions", headers={
             "Origin": "http://app.example", "Access-Control-Request-Method": "POST"})
@@ -230,7 +231,7 @@ def test_cors_preflight_is_answered_for_allowed_origins(default_model, tmp_path)
 
 
 def test_sigterm_lets_in_flight_streams_finish(default_model, tmp_path):
-    server = start_server(default_model, tmp_path / "shutdown.log", "--max-model-len", "128")
+    server = start_server(default_model, tmp_path / "shutdown.log", "--max-model-len", "128", "--enforce-eager")
     body = {"prompt": "Story:", "max_tokens": 40, "stream": True, "ignore_eos": True}
     events = []
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as answer:

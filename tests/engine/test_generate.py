@@ -9,7 +9,7 @@ from engine import LLM, InvalidPromptError, SamplingParams
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_factory):
-    return LLM(str(tiny_model_factory("llama")), max_model_len=64)
+    return LLM(str(tiny_model_factory("llama")), max_model_len=64, enforce_eager=True)
 
 
 def test_too_long_prompt_is_rejected_and_the_others_complete(llm):
@@ -73,7 +73,7 @@ def test_text_is_the_decoded_tokens(llm):
 
 
 def test_chat_uses_the_template(default_model):
-    llm = LLM(str(default_model), max_model_len=256, dtype="float32")  # the answer below is fp32's greedy one
+    llm = LLM(str(default_model), max_model_len=256, dtype="float32", enforce_eager=True)  # the answer below is fp32's greedy one
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(max_tokens=24, temperature=0.0), use_tqdm=False)
     prompt_text = llm.get_tokenizer().decode(out[0].prompt_token_ids)
@@ -113,7 +113,7 @@ def test_empty_and_out_of_vocab_prompts_are_rejected(llm):
 
 
 def test_chat_rejects_a_too_long_conversation_and_answers_the_others(default_model):
-    llm = LLM(str(default_model), max_model_len=64)
+    llm = LLM(str(default_model), max_model_len=64, enforce_eager=True)
     params = SamplingParams(max_tokens=4, temperature=0.0)
     short = [{"role": "user", "content": "Hi"}]
     long = [{"role": "user", "content": "word " * 100}]

@@ -84,7 +84,7 @@ def test_bf16_default_is_as_close_to_fp32_as_transformers_bf16(default_model):
     """bf16 (the CPU default where the cores have it) moves log-probs; no more than transformers' bf16 does."""
     from engine.config import cpu_has_native_bf16
 
-    llm = LLM(str(default_model), max_model_len=512)
+    llm = LLM(str(default_model), max_model_len=512, enforce_eager=True)  # prompt log-probs: a prefill step
     assert llm.engine.runtime.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     ids = llm.get_tokenizer().encode(PROMPTS[-2] + " " + PROMPTS[4])
     out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]

@@ -25,17 +25,17 @@ def _run_twice(llm: LLM) -> tuple[list[list[int]], list[int]]:
 @pytest.mark.parametrize("model", ["default", "tiny"])
 def test_outputs_equal_with_caching_on_and_off_and_any_chunk_size(model, default_model, tiny_model_factory):
     path = str(default_model if model == "default" else tiny_model_factory("qwen2"))
-    reference, cached = _run_twice(LLM(path, max_model_len=512, dtype="float32", enable_prefix_caching=False))
+    reference, cached = _run_twice(LLM(path, max_model_len=512, dtype="float32", enable_prefix_caching=False, enforce_eager=True))
     assert cached == [0, 0, 0, 0]
     for chunk in (16, 64, None):
-        ids, cached = _run_twice(LLM(path, max_model_len=512, dtype="float32", max_num_batched_tokens=chunk))
+        ids, cached = _run_twice(LLM(path, max_model_len=512, dtype="float32", max_num_batched_tokens=chunk, enforce_eager=True))
         assert ids == reference, f"chunk size {chunk}"
         assert all(c >= 16 * 5 for c in cached), cached  # the shared system prompt came from the cache
 
 
 def test_shared_system_prompt_is_prefilled_once_within_a_batch(default_model):
     # Sequential arrivals: the first request's full blocks are cached when the next one is admitted.
-    llm = LLM(str(default_model), max_model_len=512, dtype="float32")
+    llm = LLM(str(default_model), max_model_len=512, dtype="float32", enforce_eager=True)
     outs = [llm.generate(SYSTEM + q, PARAMS, use_tqdm=False)[0] for q in QUESTIONS]
     assert outs[0].num_cached_tokens == 0 and all(o.num_cached_tokens > 0 for o in outs[1:])
     stats = llm.engine.stats()
@@ -43,8 +43,10 @@ def test_shared_system_prompt_is_prefilled_once_within_a_batch(default_model):
 
 
 def test_caching_with_preemption_n2_and_abort_leaks_nothing(default_model):
-    llm = LLM(str(default_model), max_model_len=256, dtype="float32", num_kv_blocks=16, max_num_batched_tokens=32)
-    reference = LLM(str(default_model), max_model_len=256, dtype="float32", enable_prefix_caching=False)
+    llm = LLM(str(default_model), max_model_len=256, dtype="float32", num_kv_blocks=16, max_num_batched_tokens=32,
+              enforce_eager=True)
+    reference = LLM(str(default_model), max_model_len=256, dtype="float32", enable_prefix_caching=False,
+                    enforce_eager=True)
     params = SamplingParams(n=2, max_tokens=20, temperature=0.0, ignore_eos=True)
     prompts = [SYSTEM[:200] + q for q in QUESTIONS]
     got = llm.generate(prompts, params, use_tqdm=False)
@@ -62,7 +64,7 @@ def test_caching_with_preemption_n2_and_abort_leaks_nothing(default_model):
 
 
 def test_prompt_logprobs_are_complete_when_the_prompt_is_cached(default_model):
-    llm = LLM(str(default_model), max_model_len=512, dtype="float32")
+    llm = LLM(str(default_model), max_model_len=512, dtype="float32", enforce_eager=True)
     prompt = SYSTEM + QUESTIONS[0]
     llm.generate(prompt, PARAMS, use_tqdm=False)  # warms the cache with this prompt's blocks
     out = llm.generate(prompt, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
 from engine import LLM, SamplingParams
-from engine.quant.checkpoint import QuantSpec, is_quantized_linear, quantize_folder_rtn
+from engine.quant.checkpoint import is_quantized_linear, quantize_folder_rtn
+from engine.quant.format import QuantFormat
 from kernels import reference
 from kernels.quant_pack import pack_awq, pack_gptq, unpack_awq, unpack_gptq
 
@@ -48,11 +49,11 @@ def test_known_words_from_the_format_notes():
 
 
 SPECS = {
-    "awq-g32": QuantSpec("awq", 4, 32),
-    "gptq4-sym-v1": QuantSpec("gptq", 4, 32, sym=True, v1=True),
-    "gptq4-asym-v2-act-order": QuantSpec("gptq", 4, 32, sym=False, desc_act=True),
-    "gptq4-asym-v1-act-order": QuantSpec("gptq", 4, 64, sym=False, desc_act=True, v1=True),
-    "gptq8-channel-v2": QuantSpec("gptq", 8, -1, sym=False),
+    "awq-g32": QuantFormat("awq", 4, 32),
+    "gptq4-sym-v1": QuantFormat("gptq", 4, 32, sym=True, v1_zeros=True),
+    "gptq4-asym-v2-act-order": QuantFormat("gptq", 4, 32, sym=False, desc_act=True),
+    "gptq4-asym-v1-act-order": QuantFormat("gptq", 4, 64, sym=False, desc_act=True, v1_zeros=True),
+    "gptq8-channel-v2": QuantFormat("gptq", 8, -1, sym=False),
 }
 
 
@@ -67,16 +68,16 @@ def _dequantized_reference(fp_folder, quant_folder, spec):
             if not is_quantized_linear(name):
                 continue
             prefix = name.removesuffix(".weight")
-            g_idx = packed.get_tensor(f"{prefix}.g_idx") if spec.fmt == "gptq" else None
+            g_idx = packed.get_tensor(f"{prefix}.g_idx") if spec.method == "gptq" else None
             qweight, qzeros, scales = (packed.get_tensor(f"{prefix}.{t}") for t in ("qweight", "qzeros", "scales"))
             k = state[name].shape[1]
             if g_idx is None:
                 group_size = k if spec.group_size == -1 else spec.group_size
                 g_idx = (torch.arange(k) // group_size).int()
-            if spec.v1:  # the loader's v1 -> v2 conversion, done the long way
+            if spec.v1_zeros:  # the loader's v1 -> v2 conversion, done the long way
                 codes, zeros = unpack_gptq(qweight, qzeros, spec.bits, v1=True)
                 qweight, qzeros = pack_gptq(codes, zeros, spec.bits, v1=False)
-            state[name] = reference.dequantize_w4(qweight, scales, qzeros, g_idx, spec.group_size, spec.fmt).T
+            state[name] = reference.dequantize_w4(qweight, scales, qzeros, g_idx, spec.group_size, spec.method).T
         model.load_state_dict(state)
     return model
 
@@ -87,9 +88,9 @@ def test_quantized_model_equals_its_dequantized_weights(variant, tiny_model_fact
     fp_folder = tiny_model_factory("llama")
     quant_folder = tmp_path / variant
     quantize_folder_rtn(fp_folder, quant_folder, spec)
-    assert json.loads((quant_folder / "config.json").read_text())["quantization_config"]["quant_method"] == spec.fmt
+    assert json.loads((quant_folder / "config.json").read_text())["quantization_config"]["quant_method"] == spec.method
 
-    llm = LLM(str(quant_folder), max_model_len=128, dtype="float32")  # no flag: the format comes from config.json
+    llm = LLM(str(quant_folder), max_model_len=128, dtype="float32", enforce_eager=True)  # no flag: the format comes from config.json
     prompt = "The quick brown fox jumps over the lazy dog"
     out = llm.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, prompt_logprobs=0,
                                                logprobs=0), use_tqdm=False)[0]
@@ -113,7 +114,7 @@ def test_quantized_model_equals_its_dequantized_weights(variant, tiny_model_fact
     ("dynamic", {"-:.*down.*": {}}, ["dynamic"]),
 ])
 def test_unsupported_variants_fail_at_load_naming_the_field(field, value, words, tiny_model_factory, tmp_path):
-    spec = QuantSpec("awq", 4, 32) if field == "version" else QuantSpec("gptq", 4, 32)
+    spec = QuantFormat("awq", 4, 32) if field == "version" else QuantFormat("gptq", 4, 32)
     folder = tmp_path / "model"
     quantize_folder_rtn(tiny_model_factory("llama"), folder, spec)
     config = json.loads((folder / "config.json").read_text())
@@ -126,7 +127,7 @@ def test_unsupported_variants_fail_at_load_naming_the_field(field, value, words,
 
 def test_forcing_the_wrong_method_fails(tiny_model_factory, tmp_path):
     folder = tmp_path / "awq"
-    quantize_folder_rtn(tiny_model_factory("llama"), folder, QuantSpec("awq", 4, 32))
+    quantize_folder_rtn(tiny_model_factory("llama"), folder, QuantFormat("awq", 4, 32))
     with pytest.raises(ValueError, match="'gptq'.*'awq'"):
         LLM(str(folder), quantization="gptq", max_model_len=64)
     with pytest.raises(ValueError, match="no quantization_config"):
@@ -135,10 +136,11 @@ def test_forcing_the_wrong_method_fails(tiny_model_factory, tmp_path):
 
 @pytest.mark.parametrize("variant", ["awq-g32", "gptq4-asym-v2-act-order"])
 def test_bf16_on_cpu_runs_quantized_layers_on_the_int4_kernel(variant, tiny_model_factory, tmp_path):
-    """bf16 (the default where the CPU has it) takes torch's int4 kernel, and stays near the fp32 path."""
+    """bf16 (the default where the CPU has it) keeps the 4-bit codes in torch's int4 kernel beside the
+    dequantized weight, and stays near the fp32 path; fp32 computes on the dequantized weight only."""
     from engine.config import cpu_has_native_bf16
-    from engine.quant.int4_cpu import Int4CpuWeight, cpu_int4_available
-    from engine.quant.linear import QuantLinear
+    from engine.layers.linear import Linear
+    from engine.quant.lowbit import Int4Matmul, cpu_int4_available
 
     if not (cpu_has_native_bf16() and cpu_int4_available()):
         pytest.skip("no native bf16 or no CPU int4 kernel here")
@@ -148,9 +150,11 @@ def test_bf16_on_cpu_runs_quantized_layers_on_the_int4_kernel(variant, tiny_mode
     params = SamplingParams(max_tokens=1, prompt_logprobs=0)
     logprobs = {}
     for dtype in ("bfloat16", "float32"):
-        llm = LLM(str(folder), max_model_len=128, dtype=dtype)
-        layers = [m for m in llm.engine.runner.model.modules() if isinstance(m, QuantLinear)]
-        assert all(isinstance(m._int4_cpu, Int4CpuWeight) == (dtype == "bfloat16") for m in layers)
+        llm = LLM(str(folder), max_model_len=128, dtype=dtype, enforce_eager=True)
+        model = llm.engine.runner.model
+        quantized = [m for name, m in model.named_modules() if name.endswith(("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))]
+        assert quantized and all(isinstance(m, Linear) for m in quantized)
+        assert all(isinstance(m.low_bit, Int4Matmul) == (dtype == "bfloat16") for m in quantized)
         out = llm.generate(prompt, params, use_tqdm=False)[0]
         logprobs[dtype] = torch.tensor([e[t].logprob for e, t in zip(out.prompt_logprobs[1:], prompt["prompt_token_ids"][1:])])
     assert (logprobs["bfloat16"] - logprobs["float32"]).abs().mean() < 0.05, (logprobs["bfloat16"] - logprobs["float32"]).abs()

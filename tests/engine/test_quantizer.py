@@ -11,7 +11,8 @@ import torch
 
 from engine import LLM, SamplingParams, quantize
 from engine.quant.awq import search_scales
-from engine.quant.checkpoint import QuantSpec, quantize_rtn
+from engine.quant.checkpoint import quantize_rtn
+from engine.quant.format import QuantFormat
 from engine.quant.gptq import gptq_quantize
 
 def _layer_problem(seed: int = 0):
@@ -29,7 +30,7 @@ def _output_error(x, weight, dequantized_kn) -> float:
 def test_gptq_reduces_the_layer_output_error_of_rounding():
     x, weight = _layer_problem()
     hessian = 2 * x.double().T @ x.double() / x.shape[0]
-    for spec in (QuantSpec("gptq", 4, 16), QuantSpec("gptq", 4, 16, desc_act=True), QuantSpec("gptq", 8, -1, sym=True)):
+    for spec in (QuantFormat("gptq", 4, 16), QuantFormat("gptq", 4, 16, desc_act=True), QuantFormat("gptq", 8, -1, sym=True)):
         rtn = _output_error(x, weight, quantize_rtn(weight, spec).dequantize())
         gptq = _output_error(x, weight, gptq_quantize(weight, hessian, spec).dequantize())
         assert gptq < 0.8 * rtn, (spec, gptq, rtn)
@@ -38,7 +39,7 @@ def test_gptq_reduces_the_layer_output_error_of_rounding():
 def test_gptq_act_order_groups_follow_the_hessian_diagonal():
     x, weight = _layer_problem(1)
     hessian = 2 * x.double().T @ x.double() / x.shape[0]
-    quantized = gptq_quantize(weight, hessian, QuantSpec("gptq", 4, 16, desc_act=True))
+    quantized = gptq_quantize(weight, hessian, QuantFormat("gptq", 4, 16, desc_act=True))
     strongest = torch.argsort(torch.diag(hessian), descending=True)[:16]
     assert set(quantized.g_idx[strongest].tolist()) == {0}  # the 16 strongest inputs form group 0
     assert sorted(torch.bincount(quantized.g_idx.long()).tolist()) == [16] * 4
@@ -46,7 +47,7 @@ def test_gptq_act_order_groups_follow_the_hessian_diagonal():
 
 def test_awq_search_never_does_worse_than_plain_rounding_on_its_data():
     x, weight = _layer_problem(2)
-    spec = QuantSpec("awq", 4, 16)
+    spec = QuantFormat("awq", 4, 16)
     scales = search_scales([weight], x, spec)
     searched = _output_error(x, weight, (quantize_rtn(weight * scales, spec).dequantize().T / scales).T)
     plain = _output_error(x, weight, quantize_rtn(weight, spec).dequantize())
@@ -54,7 +55,7 @@ def test_awq_search_never_does_worse_than_plain_rounding_on_its_data():
 
 
 def _perplexity(folder: Path, ids: list[int]) -> float:
-    llm = LLM(str(folder), max_model_len=512)
+    llm = LLM(str(folder), max_model_len=512, enforce_eager=True)
     out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
     nll = -sum(entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1)
     return math.exp(nll)
@@ -65,7 +66,7 @@ def test_tiny_model_quantized_perplexity_against_rtn(tiny_model_factory, tmp_pat
     # Scored on text the fp model samples itself: a random model's perplexity on English says
     # nothing, but on its own samples the fp model sets the floor and a quantized copy's excess
     # measures how far its next-token distributions moved (their KL divergence).
-    sample = LLM(str(fp), max_model_len=512).generate(
+    sample = LLM(str(fp), max_model_len=512, enforce_eager=True).generate(
         {"prompt_token_ids": [1]}, SamplingParams(max_tokens=500, temperature=1.0, seed=1, ignore_eos=True),
         use_tqdm=False)[0]
     ids = [1] + sample.outputs[0].token_ids

@@ -11,7 +11,7 @@ from engine import LLM, EngineConfig, LLMEngine, SamplingParams
 
 @pytest.fixture(scope="module")
 def llm(default_model):
-    return LLM(str(default_model), dtype="float32", max_model_len=512)
+    return LLM(str(default_model), dtype="float32", max_model_len=512, enforce_eager=True)
 
 
 def test_logprobs_match_transformers_log_softmax(llm, default_model):
@@ -44,7 +44,7 @@ def test_logprobs_match_transformers_log_softmax(llm, default_model):
 def test_prompt_logprobs_survive_chunked_prefill(default_model, llm):
     prompt = "A long prompt, read in chunks of eight tokens, still gets one log-probability per token. " * 2
     params = SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=0)
-    chunked = LLM(str(default_model), max_model_len=256, dtype="float32", max_num_batched_tokens=8)
+    chunked = LLM(str(default_model), max_model_len=256, dtype="float32", max_num_batched_tokens=8, enforce_eager=True)
     whole = llm.generate(prompt, params, use_tqdm=False)[0].prompt_logprobs
     parts = chunked.generate(prompt, params, use_tqdm=False)[0].prompt_logprobs
     assert len(parts) == len(whole)

@@ -1,0 +1,192 @@
+"""Our server against llama.cpp's llama-server, same model, same machine, same prompts, one run.
+
+For each concurrency, llama-server is started with as many slots (``-np``, 512 tokens of context
+each, as measured) and both servers get the load of benchmarks/serve.py: streamed
+/v1/completions, token-id prompts (llama-server takes a list of ids as the prompt, as is, no BOS
+added), greedy, ``ignore_eos``. Which server runs first alternates between concurrencies (llama.cpp
+first at the first one), so neither always gets the cooler machine; the order is recorded. Our
+server stays up for the whole run; an idle server waits on a condition and takes no CPU.
+
+    python -m benchmarks.vs_llama_cpp --concurrency 1 32 \
+        --out benchmarks/results/vs_llama_cpp.json --plot benchmarks/results/vs_llama_cpp.png
+
+``--gguf`` is llama.cpp's file (default: the default model's GGUF); ``--model`` is ours (default:
+the default model, converted from that same GGUF). Extra flags for ``engine serve`` go in one
+string: ``--engine-args="--dtype float32"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import torch
+
+from engine.loader.resolve import default_gguf_file
+
+from . import serve
+from .common import run_info, synthetic_prompts
+
+LLAMA = "llama.cpp"
+OURS = "engine"
+DEFAULT_LLAMA_SERVER = "/tmp/llama.cpp/build/bin/llama-server"
+CTX_PER_SLOT = 512  # llama-server's -c is shared by its -np slots: 512 each, as measured
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def llama_server_command(binary: str, gguf: str, port: int, parallel: int, threads: int,
+                         ctx_per_slot: int) -> list[str]:
+    """The measured invocation: one slot per request in flight, continuous batching, no web UI."""
+    return [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx_per_slot * parallel),
+            "-np", str(parallel), "-cb", "-t", str(threads), "-tb", str(threads), "--no-webui"]
+
+
+def engine_command(model: str | None, port: int, max_num_seqs: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "engine", "serve", *([model] if model else []), "--host", "127.0.0.1",
+            "--port", str(port), "--max-num-seqs", str(max_num_seqs), *extra]
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Return once ``url`` answers 200 (llama-server answers 503 while loading); fail with the log
+    if the process exits or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling, bounded by the deadline
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def running(command: list[str], port: int, log_path: Path, timeout_s: float) -> Iterator[str]:
+    """Start a server, yield its base URL once /health answers, and stop it on the way out (errors too)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(f"{url}/health", process, log_path, timeout_s)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def first_server(index: int) -> str:
+    """llama.cpp first at even positions of the sweep, ours first at odd ones."""
+    return LLAMA if index % 2 == 0 else OURS
+
+
+def ratios(ours: dict, llama: dict) -> dict:
+    """Ours over llama.cpp for throughput (above 1: we are faster), and both sides' p50 latencies."""
+    return {"concurrency": ours["concurrency"],
+            "output_tokens_per_s_ratio": ours["output_tokens_per_s"] / llama["output_tokens_per_s"],
+            **{key: {OURS: ours[key], LLAMA: llama[key], "ratio": ours[key] / llama[key]}
+               for key in ("ttft_ms_p50", "itl_ms_p50")}}
+
+
+def measure(label: str, url: str, prompts: list[list[int]], output_len: int, concurrency: int) -> dict:
+    model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+    done, seconds = asyncio.run(serve.run_load(url, model, prompts, output_len, concurrency, None))
+    run = {"concurrency": concurrency, **serve.summarize(done, seconds)}
+    if run["failed"]:  # a ratio over partial runs would mislead
+        raise RuntimeError(f"{label}: {run['failed']} of {run['requests']} requests failed: {run['first_error']}")
+    print(f"{label} c={concurrency}: {run['output_tokens_per_s']:.1f} output tok/s, "
+          f"TTFT p50 {run['ttft_ms_p50']:.0f} ms, ITL p50 {run['itl_ms_p50']:.1f} ms", flush=True)
+    return run
+
+
+def plot(results: dict, path: Path) -> None:
+    """serve.py's latency-against-throughput plot, one line per server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for label, server in results["servers"].items():
+            file = Path(tmp) / f"{len(files)}.json"
+            file.write_text(json.dumps({"label": label, "runs": server["runs"], "workload": results["workload"]}))
+            files.append(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        serve.plot(files, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", DEFAULT_LLAMA_SERVER))
+    parser.add_argument("--gguf", default=None, help="llama.cpp's model (default: the default model's GGUF)")
+    parser.add_argument("--model", default=None, help="our model (default: the default model)")
+    parser.add_argument("--engine-args", default="", help="extra flags for engine serve, one string")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="llama-server -t and -tb (default: torch's thread count, what our server uses)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--num-prompts", type=int, default=None, help="per run (default: 4 x concurrency, at least 8)")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--vocab-size", type=int, default=49152, help="synthetic prompt ids are drawn below this")
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds each server gets to load")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "vs_llama_cpp",
+                        help="folder for the servers' logs")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_llama_cpp.json"))
+    parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/vs_llama_cpp.png"))
+    args = parser.parse_args()
+    if not Path(args.llama_server).is_file():
+        parser.error(f"no llama-server at {args.llama_server} (build it with shared/tools/build_llama_server.sh)")
+    gguf = args.gguf or str(default_gguf_file())
+    ctx_per_slot = max(CTX_PER_SLOT, args.input_len + args.output_len)
+
+    ours_port = free_port()
+    ours_cmd = engine_command(args.model, ours_port, max(256, *args.concurrency), shlex.split(args.engine_args))
+    results = {**run_info(), "workload": {"input_len": args.input_len, "output_len": args.output_len},
+               "servers": {LLAMA: {"binary": args.llama_server, "gguf": gguf, "commands": [], "runs": []},
+                           OURS: {"model": args.model, "command": shlex.join(ours_cmd), "runs": []}},
+               "order": [], "ratios": []}
+    with running(ours_cmd, ours_port, args.logs / "engine.log", args.startup_timeout) as ours_url:
+        for index, concurrency in enumerate(args.concurrency):
+            count = args.num_prompts or max(8, 4 * concurrency)
+            prompts = synthetic_prompts(count, args.input_len, args.vocab_size, seed=index)
+            port = free_port()
+            llama_cmd = llama_server_command(args.llama_server, gguf, port, concurrency, args.threads, ctx_per_slot)
+            results["servers"][LLAMA]["commands"].append(shlex.join(llama_cmd))
+            log_path = args.logs / f"llama-server-np{concurrency}.log"
+            with running(llama_cmd, port, log_path, args.startup_timeout) as llama_url:
+                urls = {LLAMA: llama_url, OURS: ours_url}
+                order = [first_server(index), OURS if first_server(index) == LLAMA else LLAMA]
+                runs = {label: measure(label, urls[label], prompts, args.output_len, concurrency) for label in order}
+            results["order"].append({"concurrency": concurrency, "first": order[0]})
+            for label, run in runs.items():
+                results["servers"][label]["runs"].append(run)
+            results["ratios"].append(ratios(runs[OURS], runs[LLAMA]))
+            ratio = results["ratios"][-1]["output_tokens_per_s_ratio"]
+            print(f"c={concurrency}: ours/llama.cpp output tok/s {ratio:.2f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Low-bit weights: GGUF blocks decoded exactly, and torch's CPU int4/int8 kernels computing what the
+dequantized weights compute (bf16 activations: within bf16 rounding of the output)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.loader.gguf import _int4_groups, _int8_groups
+from engine.quant.lowbit import (Int4Groups, Int4Matmul, Int8Groups, Int8Matmul, concat_groups, cpu_int4_available,
+                                 int4_groups_from_packed)
+from kernels.quant_pack import pack_awq, pack_gptq, unpack_layer
+
+needs_int4 = pytest.mark.skipif(not cpu_int4_available(), reason="this torch has no CPU int4 matmul")
+
+
+def _close_to(got: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """bf16 activations and bf16 outputs: within 2% of the output's scale."""
+    expected = x.float() @ weight.T
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2 * float(expected.abs().mean()))
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+def test_gguf_blocks_decode_to_what_gguf_py_dequantizes(kind):
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[kind]
+    weight = np.random.default_rng(0).standard_normal((48, 128)).astype(np.float32)
+    blocks = gguf.quants.quantize(weight, qtype)  # [rows, bytes]
+    expected = torch.from_numpy(gguf.quants.dequantize(blocks, qtype))
+    raw = torch.from_numpy(blocks.copy())
+    groups = _int8_groups(raw) if kind == "Q8_0" else _int4_groups(raw, with_min=kind == "Q4_1")
+    assert groups.group_size == 32 and groups.shape == (48, 128)
+    torch.testing.assert_close(groups.dequantize(), expected, rtol=0, atol=1e-6)
+
+
+def _int4_groups_random(n: int, k: int, group_size: int, seed: int = 0) -> Int4Groups:
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(n, k // group_size, generator=gen) * 0.02 + 0.005
+    zeros = (torch.rand(n, k // group_size, generator=gen) - 0.5) * 0.1
+    return Int4Groups(codes, scales, zeros)
+
+
+@needs_int4
+@pytest.mark.parametrize("k, n, group_size", [(128, 96, 32), (192, 64, 64), (512, 32, 256), (384, 64, 384)])
+def test_int4_matmul_equals_its_dequantized_weight(k, n, group_size):
+    groups = _int4_groups_random(n, k, group_size)
+    matmul = Int4Matmul.from_groups(groups)
+    assert matmul is not None
+    x = torch.randn(7, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = matmul(x)
+    assert got.dtype == torch.bfloat16
+    _close_to(got, x, groups.dequantize())
+
+
+@needs_int4
+def test_int4_groups_the_kernel_cannot_hold_are_refused():
+    assert Int4Matmul.from_groups(_int4_groups_random(32, 64, 16)) is None
+
+
+def test_int8_matmul_equals_its_dequantized_weight():
+    gen = torch.Generator().manual_seed(2)
+    groups = Int8Groups(torch.randint(-127, 128, (64, 96), generator=gen, dtype=torch.int8),
+                        torch.rand(64, 3, generator=gen) * 0.01 + 0.001)
+    x = torch.randn(3, 96, generator=gen).to(torch.bfloat16)
+    _close_to(Int8Matmul.from_groups(groups)(x), x, groups.dequantize())
+
+
+def test_fused_shards_concatenate_and_mixed_kinds_do_not():
+    a, b = _int4_groups_random(8, 64, 32, 0), _int4_groups_random(4, 64, 32, 1)
+    joined = concat_groups([a, b])
+    torch.testing.assert_close(joined.dequantize(), torch.cat((a.dequantize(), b.dequantize())))
+    eight = Int8Groups(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, 2))
+    assert concat_groups([a, eight]) is None
+    assert concat_groups([a, _int4_groups_random(4, 64, 64)]) is None
+
+
+@needs_int4
+@pytest.mark.parametrize("fmt, k, n, group_size, act_order", [
+    ("awq", 128, 96, 32, False),
+    ("gptq", 192, 64, 64, True),  # act-order: inputs permuted so groups are consecutive
+    ("gptq", 384, 64, 384, False),  # one group per column: repeated over 128-wide sub-groups
+])
+def test_awq_gptq_layers_on_the_int4_kernel(fmt, k, n, group_size, act_order):
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (k, n), generator=gen)
+    zeros = torch.randint(0, 16, (k // group_size, n), generator=gen)
+    scales = torch.rand(k // group_size, n, generator=gen) * 0.02 + 0.005
+    g_idx = torch.arange(k) // group_size
+    if act_order:
+        g_idx = g_idx[torch.randperm(k, generator=gen)]
+    qweight, qzeros = pack_awq(codes, zeros) if fmt == "awq" else pack_gptq(codes, zeros, 4, False)
+    unpacked_codes, true_zeros = unpack_layer(qweight, qzeros, k, fmt)
+    groups, order = int4_groups_from_packed(unpacked_codes, true_zeros, scales, g_idx.int())
+    assert (order is not None) == act_order
+    weight = ((codes - zeros[g_idx]).float() * scales[g_idx]).T  # [N, K], the format's own definition
+    x = torch.randn(5, k, generator=gen).to(torch.bfloat16)
+    _close_to(Int4Matmul.from_groups(groups, order)(x), x, weight)

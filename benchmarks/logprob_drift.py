@@ -5,9 +5,12 @@ continues a fixed 140-token prompt (held-out text) and reports the log-probabili
 it generates. With ``n_probs`` > 0 and ``post_sampling_probs`` false (the default) that is the
 softmax of the raw logits over the whole vocabulary, before any sampler; with
 ``post_sampling_probs`` true a greedy run reports 1.0. ``ignore_eos`` only biases its sampler, not
-the reported logits. The reference (our engine on dequantized weights in fp32) and our engine
-under test then score prompt + that continuation with ``prompt_logprobs``; each mode's
-|log-prob - reference| is taken over the generated positions.
+the reported logits. Our engine under test does the same: it greedily continues the prompt one
+token per step (decode steps of one sequence: the path a single chat stream takes, low-bit weights
+in the default mode) and reports each token's log-prob. The reference (our engine on dequantized
+weights in fp32) scores prompt + each continuation with ``prompt_logprobs``; each server's
+|log-prob - reference| is taken over its own generated positions. Our prefill path (a prompt
+scored at once) is reported too, on llama.cpp's continuation.
 
     python -m benchmarks.logprob_drift --out benchmarks/results/logprob_drift.json
 
@@ -69,19 +72,35 @@ def sequence_logprobs(llm: LLM, ids: list[int]) -> tuple[list[float], list[int]]
     return [entry.logprob for entry in chosen], [entry.rank for entry in chosen]
 
 
+def greedy_continuation(llm: LLM, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens after ``prompt``, decoded one step at a time, with the log-prob of each."""
+    params = SamplingParams(max_tokens=num_tokens, temperature=0.0, ignore_eos=True, logprobs=0)
+    out = llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)[0].outputs[0]
+    return out.token_ids, [entry[token].logprob for entry, token in zip(out.logprobs, out.token_ids)]
+
+
 def drift(values: list[float], reference: list[float]) -> dict:
     deltas = [abs(a - b) for a, b in zip(values, reference, strict=True)]
     return {"mean_abs_delta": sum(deltas) / len(deltas), "max_abs_delta": max(deltas), "num_tokens": len(deltas)}
 
 
-def score(model: str | None, kwargs: dict, ids: list[int]) -> tuple[list[float], list[int], str]:
-    """Score ``ids`` with a fresh engine, then free it (two engines need not fit at once)."""
-    llm = LLM(model, **{"max_model_len": len(ids) + 1, **kwargs})
-    logprobs, ranks = sequence_logprobs(llm, ids)
+def score(model: str | None, kwargs: dict, sequences: list[list[int]]) -> tuple[list[tuple[list[float], list[int]]], str]:
+    """Score each of ``sequences`` with a fresh engine, then free it (two engines need not fit at once)."""
+    llm = LLM(model, **{"max_model_len": max(map(len, sequences)) + 1, **kwargs})
+    scored = [sequence_logprobs(llm, ids) for ids in sequences]
     dtype = str(llm.engine.runtime.dtype).removeprefix("torch.")
     del llm
     gc.collect()
-    return logprobs, ranks, dtype
+    return scored, dtype
+
+
+def continue_with(model: str | None, kwargs: dict, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float], str]:
+    llm = LLM(model, **{"max_model_len": len(prompt) + num_tokens + 1, **kwargs})
+    generated, logprobs = greedy_continuation(llm, prompt, num_tokens)
+    dtype = str(llm.engine.runtime.dtype).removeprefix("torch.")
+    del llm
+    gc.collect()
+    return generated, logprobs, dtype
 
 
 def main() -> None:
@@ -110,12 +129,16 @@ def main() -> None:
     with running(command, port, log_path, args.startup_timeout) as url:
         generated, llama_logprobs = llama_continuation(url, prompt, args.gen_len)
 
-    ids = prompt + generated
-    reference, reference_ranks, reference_dtype = score(args.model, args.reference_kwargs, ids)
-    ours, _, ours_dtype = score(args.model, args.ours_kwargs, ids)
+    ours_generated, ours_logprobs, ours_dtype = continue_with(args.model, args.ours_kwargs, prompt, args.gen_len)
+    llama_ids, ours_ids = prompt + generated, prompt + ours_generated
+    [(reference, reference_ranks), (reference_ours, _)], reference_dtype = score(
+        args.model, args.reference_kwargs, [llama_ids, ours_ids])
+    [(ours_prefill, _)], _ = score(args.model, args.ours_kwargs, [llama_ids])
     gen = slice(len(prompt) - 1, None)  # ids[1:] index of each generated token
-    modes = {"engine": {**drift(ours[gen], reference[gen]), "kwargs": args.ours_kwargs, "dtype": ours_dtype},
-             "llama.cpp": {**drift(llama_logprobs, reference[gen]), "gguf": gguf, "command": shlex.join(command)}}
+    modes = {"engine": {**drift(ours_logprobs, reference_ours[gen]), "kwargs": args.ours_kwargs, "dtype": ours_dtype,
+                        "generated_token_ids": ours_generated},
+             "llama.cpp": {**drift(llama_logprobs, reference[gen]), "gguf": gguf, "command": shlex.join(command),
+                           "generated_token_ids": generated}}
     results = {
         **run_info(), "text": str(args.text), "prompt_len": len(prompt), "gen_len": len(generated),
         "reference": {"kwargs": args.reference_kwargs, "dtype": reference_dtype},
@@ -124,14 +147,14 @@ def main() -> None:
         # how often llama.cpp's greedy token is also the reference's argmax: low means the
         # continuation drifted to text the reference finds unlikely
         "reference_argmax_share": sum(rank == 1 for rank in reference_ranks[gen]) / len(generated),
-        "engine_on_prompt": drift(ours[: len(prompt) - 1], reference[: len(prompt) - 1]),
-        "generated_token_ids": generated,
+        "engine_prefill_on_llama_cpp_tokens": drift(ours_prefill[gen], reference[gen]),
+        "engine_prefill_on_prompt": drift(ours_prefill[: len(prompt) - 1], reference[: len(prompt) - 1]),
     }
     for name, mode in modes.items():
         print(f"{name}: mean |d logprob| {mode['mean_abs_delta']:.4f} nats, max {mode['max_abs_delta']:.4f} "
               f"over {mode['num_tokens']} generated tokens")
-    print(f"ours / llama.cpp: {results['ratio_engine_over_llama_cpp']:.2f}; ours on the prompt: "
-          f"{results['engine_on_prompt']['mean_abs_delta']:.4f}; "
+    print(f"ours / llama.cpp: {results['ratio_engine_over_llama_cpp']:.2f}; our prefill path on the prompt: "
+          f"{results['engine_prefill_on_prompt']['mean_abs_delta']:.4f}; "
           f"reference argmax share {results['reference_argmax_share']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

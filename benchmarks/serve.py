@@ -63,16 +63,23 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return result
+            done = False
             async for data in sse_events(response):
                 if data == "[DONE]":
+                    done = True
                     break
                 chunk = json.loads(data)
                 now = time.perf_counter()
                 if chunk.get("usage"):
                     result.num_tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                # a chunk per token, text or not (bytes of a split character stream as empty text);
+                # a closing chunk with only a finish_reason is not a token
+                choice = (chunk.get("choices") or [{}])[0]
+                if "text" in choice and (choice["text"] or not choice.get("finish_reason")):
                     result.token_times.append(now - started)
-        result.ok = bool(result.token_times)
+        result.ok = done and bool(result.token_times)
+        if not result.ok:
+            result.error = "the stream ended before [DONE]" if result.token_times else "no token streamed"
         result.ttft = result.token_times[0] if result.token_times else 0.0
         result.latency = time.perf_counter() - started
         result.num_tokens = result.num_tokens or len(result.token_times)

@@ -23,7 +23,7 @@ from engine.loader.resolve import default_model_folder
 from .common import run_info, synthetic_prompts, timed_generate
 
 
-def run_engine(model: str, prompts: list[list[int]], output_len: int, **engine_kwargs) -> dict:
+def run_engine(model: str | None, prompts: list[list[int]], output_len: int, **engine_kwargs) -> dict:
     llm = LLM(model, max_model_len=len(prompts[0]) + output_len, **engine_kwargs)
     elapsed, outputs = timed_generate(llm, prompts, output_len)
     generated = sum(len(o.outputs[0].token_ids) for o in outputs)
@@ -90,13 +90,15 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
 
+    # the engine serves the default model as shipped (its GGUF file); transformers gets the same weights
+    # dequantized into a Hugging Face folder
     model = args.model or str(default_model_folder())
     from transformers import AutoConfig
 
     prompts = synthetic_prompts(args.num_prompts, args.input_len, AutoConfig.from_pretrained(model).vocab_size)
-    results = {**run_info(), "model": Path(model).name,
+    results = {**run_info(), "model": Path(model).name, "engine_model": args.model or "default (GGUF)",
                "workload": {"num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len},
-               "engine": run_engine(model, prompts, args.output_len, dtype=args.dtype), "transformers": []}
+               "engine": run_engine(args.model, prompts, args.output_len, dtype=args.dtype), "transformers": []}
     print(f"engine: {results['engine']['output_tokens_per_s']:.1f} output tok/s")
     for batch_size in args.hf_batch_sizes:
         run = run_transformers(model, prompts, args.output_len, batch_size, getattr(torch, args.hf_dtype))

@@ -31,7 +31,7 @@ class SequenceState:
     index: int
     detokenizer: IncrementalDetokenizer
     logprobs: list[PositionLogprobs] | None
-    cumulative_logprob: float = 0.0
+    cumulative_logprob: float | None = None  # summed only when logprobs are asked for, as vLLM does
     stop_string: str | None = None  # the stop string that ended it, if any
     stop_at: int = 0  # where the text is cut when a stop string ended it
 
@@ -79,7 +79,8 @@ class OutputProcessor:
 
     def _add_sequence(self, state: RequestState, request: Request, index: int) -> None:
         detokenizer = IncrementalDetokenizer(self.tokenizer, state.prompt_token_ids, state.params.skip_special_tokens)
-        seq = SequenceState(request, index, detokenizer, [] if state.params.logprobs is not None else None)
+        asked = state.params.logprobs is not None
+        seq = SequenceState(request, index, detokenizer, [] if asked else None, 0.0 if asked else None)
         state.sequences.append(seq)
         self.sequences[request.request_id] = (state, seq)
 
@@ -148,9 +149,9 @@ class OutputProcessor:
     def _append(self, state: RequestState, seq: SequenceState, tokens: SamplerOutput, row: int) -> bool:
         """Record one token of ``seq``; True if a stop string ended it."""
         token_id = seq.request.output_token_ids[-1]
-        logprob = tokens.logprobs[row]
-        seq.cumulative_logprob += logprob
         if seq.logprobs is not None:
+            logprob = tokens.logprobs[row]
+            seq.cumulative_logprob += logprob
             k = state.params.logprobs
             seq.logprobs.append(self._position(
                 token_id, logprob, tokens.ranks[row],

@@ -37,7 +37,7 @@ class SamplingRow:
 @dataclass
 class SamplerOutput:
     token_ids: list[int]
-    logprobs: list[float]  # raw log-probability of each chosen token
+    logprobs: list[float] | None  # raw log-probability of each chosen token; None unless a row asked
     ranks: list[int] | None  # 1 = the most likely token; None unless a row asked for logprobs
     top_ids: torch.Tensor | None  # [rows, max requested logprobs], None if no row asked
     top_logprobs: torch.Tensor | None
@@ -51,24 +51,24 @@ class Sampler:
         """``logits`` fp32 ``[len(rows), vocab]``.
 
         Full-vocabulary passes cost ~1 ms each at 64 rows, so the common case (greedy, no
-        processors, no logprobs asked) makes only two: argmax and logsumexp.
+        processors, no logprobs asked) makes only one: argmax.
         """
-        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
         processed = apply_processors(logits.clone(), rows) if any(row.needs_processing for row in rows) else logits
         tokens = processed.argmax(dim=-1)
         if not all(row.params.is_greedy for row in rows):
             temperature = torch.tensor([row.params.temperature for row in rows], dtype=logits.dtype, device=logits.device)
             tokens = torch.where(temperature == 0, tokens, self._draw(processed, temperature, rows))
-        chosen_logits = logits.gather(1, tokens[:, None])
-        chosen = chosen_logits - log_norm
         num_top = max((row.params.logprobs or 0 for row in rows), default=0)
-        ranks = top_logprobs = top_ids = None
+        chosen = ranks = top_logprobs = top_ids = None
         if any(row.params.logprobs is not None for row in rows):
+            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            chosen_logits = logits.gather(1, tokens[:, None])
+            chosen = (chosen_logits - log_norm)[:, 0].tolist()
             ranks = ((logits > chosen_logits).sum(dim=-1) + 1).tolist()
             if num_top:
                 top_logits, top_ids = logits.topk(num_top, dim=-1)
                 top_logprobs = top_logits - log_norm
-        return SamplerOutput(tokens.tolist(), chosen[:, 0].tolist(), ranks, top_ids, top_logprobs)
+        return SamplerOutput(tokens.tolist(), chosen, ranks, top_ids, top_logprobs)
 
     def _draw(self, logits: torch.Tensor, temperature: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         probs = torch.softmax(filter_logits(logits / temperature.clamp(min=1e-5)[:, None], rows), dim=-1)

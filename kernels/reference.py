@@ -124,6 +124,9 @@ def paged_attention_prefill(
     q ``[num_tokens, num_heads, head_dim]``; the queries of sequence i are
     ``q[cu_seqlens_q[i]:cu_seqlens_q[i+1]]`` and sit at the last ``q_len_i`` positions of
     its ``seq_lens[i]`` cached tokens, so a cached prefix or an earlier chunk is attended to.
+    When no sequence has a cached prefix (every query chunk is the whole sequence), the padded
+    grid is plainly causal: SDPA's ``is_causal`` needs no mask and skips the upper triangle
+    (a valid query row only sees keys at or before it, never a shorter sequence's padding).
     """
     group = q.shape[1] // k_cache.shape[2]
     layout = _prefill_layout_memo.get((block_tables, cu_seqlens_q, seq_lens, k_cache.shape[1], q.shape[0], group),
@@ -134,13 +137,18 @@ def paged_attention_prefill(
     padded = q.new_zeros(seq_lens.shape[0], max_q, *q.shape[1:])
     padded[token_seq, token_row] = q
     keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
-    out = _attend(padded.transpose(1, 2), keys, values, mask, scale)
+    if mask is None:
+        out = F.scaled_dot_product_attention(padded.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
+                                             is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        out = _attend(padded.transpose(1, 2), keys, values, mask, scale)
     return out.transpose(1, 2)[token_seq, token_row]
 
 
 def _prefill_layout(block_tables, cu_seqlens_q, seq_lens, block_size: int, num_tokens: int, group: int, device):
     """Where each flat query goes in the padded grid, the K/V slots, and the causal mask (its rows
-    repeated for the ``group`` query heads that share a KV head, as ``_attend`` stacks them)."""
+    repeated for the ``group`` query heads that share a KV head, as ``_attend`` stacks them), or
+    None when no sequence has a cached prefix."""
     num_seqs = seq_lens.shape[0]
     q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(device)
     max_q = int(q_lens.max())
@@ -149,6 +157,8 @@ def _prefill_layout(block_tables, cu_seqlens_q, seq_lens, block_size: int, num_t
     token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens)
     token_row = torch.arange(num_tokens, device=device) - cu_seqlens_q[:-1].to(device)[token_seq]
     slots = _slot_index(block_tables, seq_lens, block_size, device)
+    if torch.equal(q_lens, seq_lens.to(q_lens.dtype)):
+        return token_seq, token_row, max_q, slots, None
     # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
     q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
     k_pos = torch.arange(max_len, device=device)

@@ -97,6 +97,21 @@ def test_paged_attention_prefill_matches_naive(shape, data):
         torch.testing.assert_close(got[rows], _naive_attention(q[rows], ks[i], vs[i], scale), atol=ATOL, rtol=0)
 
 
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes, seq_lens=st.lists(st.integers(1, 40), min_size=1, max_size=4))
+def test_paged_attention_prefill_without_a_cached_prefix_matches_naive(shape, seq_lens):
+    """Every query chunk is its whole sequence: the mask-free is_causal path, ragged lengths padded."""
+    bs, kvh, d = shape["block_size"], shape["kv_heads"], shape["head_dim"]
+    k_cache, v_cache, tables, ks, vs = _paged_setup(seq_lens, bs, kvh, d, shape["seed"])
+    q = torch.randn(sum(seq_lens), kvh * shape["group"], d)
+    cu = torch.tensor([0] + list(torch.tensor(seq_lens).cumsum(0)), dtype=torch.int32)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    got = reference.paged_attention_prefill(q, k_cache, v_cache, tables, cu, lens, d**-0.5)
+    for i in range(len(seq_lens)):
+        rows = slice(int(cu[i]), int(cu[i + 1]))
+        torch.testing.assert_close(got[rows], _naive_attention(q[rows], ks[i], vs[i], d**-0.5), atol=ATOL, rtol=0)
+
+
 def test_store_kv_skips_padding_slots():
     k_cache = torch.zeros(4, 2, 1, 3)
     v_cache = torch.zeros(4, 2, 1, 3)

@@ -2,8 +2,8 @@
 
 Eagerly, a decode step of the default model runs ~75 small ops per layer (norms, rotary, cache
 writes, attention, activations), whose dispatch costs more than their arithmetic at small
-batches. Compiled, each layer is a handful of fused C++ loops around the matmuls, and the
-attention reads the cache in place (``kernels.fused_cpu``).
+batches. Compiled, each layer is a handful of fused C++ loops around the matmuls and the
+attention, which reads the cache in place (``kernels.cpu``, C++ built on first use).
 
 Shapes: the batch and the block-table width are symbolic (``mark_dynamic``, with size-oblivious
 reasoning so a width of 1 is not special), so no batch size or context length recompiles. The
@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 import torch.fx.experimental._config as fx_config
 
+import kernels.cpu
+
 from .forward_batch import DecodeMetadata, ForwardBatch
 from .layers.linear import Linear
 
@@ -57,6 +59,7 @@ class CompiledDecode:
     def __init__(self, model: torch.nn.Module, kv_layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         from torch._inductor.compile_fx import compile_fx
 
+        kernels.cpu.load()
         self.model, self.kv_layers = model, kv_layers
         self.num_graphs = 0  # compiled so far by this engine: stays put after warm_up
 

@@ -1,8 +1,9 @@
 """Paged attention layer: write this step's K/V into the cache, then attend through block tables.
 
 A decode-only step carries ``DecodeMetadata``. Traced by ``torch.compile`` (the CPU decode graph),
-it runs ``kernels.fused_cpu``, which inductor fuses into loops that read the cache in place;
-anywhere else it runs the kernel contract (Triton on CUDA, the torch reference on the CPU).
+it runs ``kernels.cpu``: the cache write as one in-place scatter and the C++ paged decode attention,
+which reads the cache in place; anywhere else it runs the kernel contract (Triton on CUDA, the
+torch reference on the CPU).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import kernels
-from kernels import fused_cpu
+from kernels import cpu
 
 from ..forward_batch import AttentionMetadata, DecodeMetadata
 
@@ -27,8 +28,8 @@ def paged_attention(
     """q ``[num_tokens, num_heads, head_dim]``, k/v ``[num_tokens, num_kv_heads, head_dim]`` -> like q."""
     if isinstance(meta, DecodeMetadata):
         if torch.compiler.is_compiling():
-            fused_cpu.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-            return fused_cpu.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
+            cpu.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            return cpu.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
         kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         return kernels.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
     kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)

@@ -1,8 +1,9 @@
-"""kernels.fused_cpu (what the compiled CPU decode step runs) against the reference, eager and compiled.
+"""kernels.cpu (what the compiled CPU decode step runs) against the reference: the C++ paged decode
+attention eagerly and inside a compiled graph, and the traceable cache write.
 
 The cache is NaN-poisoned outside what was written: reading past a sequence's length or through a
-padded (-1) table entry would reach the output. One compiled function serves every batch size and
-table width (symbolic shapes), as in the engine.
+padded (-1) table entry would reach the output. Shapes cover the register-resident fast paths
+(head_dim 32/64/128 with groups of 1-4) and the generic loop (head_dim 13, group 8).
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import torch
 import torch.fx.experimental._config as fx_config
 from test_reference import _paged_setup
 
-from kernels import fused_cpu, reference
+from kernels import cpu, reference
 
 CASES = [  # (seq_lens, block_size, kv_heads, group, head_dim)
-    ([5], 4, 1, 1, 8),
-    ([1, 17, 33], 16, 2, 4, 13),
-    ([40, 3], 4, 2, 1, 32),
-    ([9, 9, 2, 30], 1, 1, 4, 8),
+    ([5], 4, 1, 1, 64),
+    ([1, 17, 33], 16, 2, 3, 64),
+    ([40, 3], 4, 2, 4, 128),
+    ([9, 9, 2, 30], 1, 1, 2, 32),
+    ([1, 17, 33], 16, 2, 8, 13),  # generic loop
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    cpu.load()
 
 
 def _inputs(seq_lens, block_size, kv_heads, group, head_dim, seed=0):
@@ -29,18 +36,21 @@ def _inputs(seq_lens, block_size, kv_heads, group, head_dim, seed=0):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_decode_attention_matches_the_reference_eagerly(case):
+def test_decode_attention_matches_the_reference(case):
     q, k_cache, v_cache, tables, seq_lens = _inputs(*case)
     scale = case[-1] ** -0.5
     expected = reference.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale)
-    got = fused_cpu.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cpu.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale), expected,
+                               atol=1e-5, rtol=0)
+    # bf16 in and out, fp32 inside: within bf16 rounding of the fp32 result
+    got = cpu.paged_attention_decode(q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, seq_lens, scale)
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
 
 
-def test_decode_attention_compiled_matches_the_reference_for_every_shape():
-    compiled = torch.compile(fused_cpu.paged_attention_decode, fullgraph=True, dynamic=False)
+def test_decode_attention_in_a_compiled_graph_for_every_shape():
+    compiled = torch.compile(cpu.paged_attention_decode, fullgraph=True, dynamic=False)
     for seq_lens in ([3], [1, 17, 33], [40, 3, 9, 12, 5]):  # batch and table width vary
-        q, k_cache, v_cache, tables, lens = _inputs(seq_lens, 4, 2, 3, 16)
+        q, k_cache, v_cache, tables, lens = _inputs(seq_lens, 4, 2, 3, 64)
         for tensor in (q, tables, lens):
             torch._dynamo.mark_dynamic(tensor, 0)
         torch._dynamo.mark_dynamic(tables, 1)
@@ -55,7 +65,7 @@ def test_store_kv_writes_every_slot_like_the_reference():
     k, v = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
     slots = torch.tensor([5, 0, 14])
     ours_k, ours_v, ref_k, ref_v = (cache.clone() for _ in range(4))
-    fused_cpu.store_kv(k, v, ours_k, ours_v, slots)
+    cpu.store_kv(k, v, ours_k, ours_v, slots)
     reference.store_kv(k, v, ref_k, ref_v, slots)
     torch.testing.assert_close(ours_k, ref_k, equal_nan=True)
     torch.testing.assert_close(ours_v, ref_v, equal_nan=True)

@@ -63,11 +63,12 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return result
-            done = False
+            done, first = False, None
             async for data in sse_events(response):
                 if data == "[DONE]":
                     done = True
                     break
+                first = first or data
                 chunk = json.loads(data)
                 now = time.perf_counter()
                 if chunk.get("usage"):
@@ -79,7 +80,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: l
                     result.token_times.append(now - started)
         result.ok = done and bool(result.token_times)
         if not result.ok:
-            result.error = "the stream ended before [DONE]" if result.token_times else "no token streamed"
+            result.error = ("the stream ended before [DONE]" if result.token_times
+                            else f"no token streamed; first event: {first!r:.300}")
         result.ttft = result.token_times[0] if result.token_times else 0.0
         result.latency = time.perf_counter() - started
         result.num_tokens = result.num_tokens or len(result.token_times)

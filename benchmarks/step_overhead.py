@@ -63,15 +63,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", default=None, help="'none' reads the GGUF dequantized")
+    parser.add_argument("--enforce-eager", action="store_true", help="no compiled decode step")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_overhead.json"))
     args = parser.parse_args()
-    llm = LLM(args.model, dtype=args.dtype, max_model_len=args.input_len + args.steps + 16,
+    llm = LLM(args.model, dtype=args.dtype, quantization=args.quantization,
+              enforce_eager=args.enforce_eager, max_model_len=args.input_len + args.steps + 16,
               max_num_seqs=max(args.batch_sizes))
     timer = ModelTimer(llm.engine.runner)
     results = {**run_info(), "model": llm.engine.model_name, "dtype": str(llm.engine.runtime.dtype),
+               "quantization": args.quantization, "enforce_eager": args.enforce_eager,
                "runs": [measure(llm, timer, b, args.input_len, args.steps) for b in args.batch_sizes]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--min-p", type=float, default=0.0)
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeat for several)")
-    _add_engine_flags(gen)
+    _add_engine_flags(gen, max_num_seqs=1)  # one sequence: only the batch-1 decode graph to compile
 
     quant = commands.add_parser("quantize", help="write an AWQ or GPTQ checkpoint from a full-precision model folder")
     quant.add_argument("model", help="a Hugging Face model folder (safetensors)")
@@ -60,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+def _add_engine_flags(parser: argparse.ArgumentParser, max_num_seqs: int = 256) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-seqs", type=int, default=max_num_seqs)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--kv-cache-memory-gb", type=float, default=None)
     parser.add_argument("--num-kv-blocks", type=int, default=None)

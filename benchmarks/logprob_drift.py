@@ -15,7 +15,7 @@ scored at once) is reported too, on llama.cpp's continuation.
     python -m benchmarks.logprob_drift --out benchmarks/results/logprob_drift.json
 
 ``--reference-kwargs`` and ``--ours-kwargs`` are ``LLM`` keywords as JSON (reference default
-``{"dtype": "float32"}``; later ``{"quantization": "none", "dtype": "float32"}``).
+``{"dtype": "float32"}``, which reads the GGUF dequantized; ours default ``{}``, the low-bit bf16 path).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ LLAMA = "llama.cpp"
 OURS = "engine"
 DEFAULT_LLAMA_SERVER = "/tmp/llama.cpp/build/bin/llama-server"
 CTX_PER_SLOT = 512  # llama-server's -c is shared by its -np slots: 512 each, as measured
+MAX_LLAMA_FAILED_FRACTION = 0.02
 
 
 def free_port() -> int:
@@ -116,8 +117,15 @@ def measure(label: str, url: str, prompts: list[list[int]], output_len: int, con
     model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
     done, seconds = asyncio.run(serve.run_load(url, model, prompts, output_len, concurrency, None))
     run = {"concurrency": concurrency, **serve.summarize(done, seconds)}
-    if run["failed"]:  # a ratio over partial runs would mislead
+    # A ratio over partial runs would mislead. llama-server alone is allowed a stray failure: its
+    # output parser rejects a stream whose first token is a lone UTF-8 continuation byte (seen with
+    # these random-id prompts, 1 request in 128); the count and the error stay in the JSON.
+    allowed = run["requests"] * MAX_LLAMA_FAILED_FRACTION if label == LLAMA else 0
+    if run["failed"] > allowed:
         raise RuntimeError(f"{label}: {run['failed']} of {run['requests']} requests failed: {run['first_error']}")
+    if run["failed"]:
+        print(f"{label} c={concurrency}: {run['failed']} of {run['requests']} requests failed, "
+              f"first: {run['first_error']}", flush=True)
     print(f"{label} c={concurrency}: {run['output_tokens_per_s']:.1f} output tok/s, "
           f"TTFT p50 {run['ttft_ms_p50']:.0f} ms, ITL p50 {run['itl_ms_p50']:.1f} ms", flush=True)
     return run

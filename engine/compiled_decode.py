@@ -18,9 +18,11 @@ step. That is sound because nothing the guards watch changes after start-up (wei
 grad mode), and ``warm_up`` checks what the dispatch assumes: a second batch size and another
 table width in each range run on its graph without compiling.
 
-Artifacts are cached on disk by inductor (``TORCHINDUCTOR_CACHE_DIR``, by default
-``<engine cache>/inductor``), so a second start with the same model and torch skips codegen and
-the C++ compiler; dynamo still traces each graph (~10 s each for the default model).
+Inductor writes the step's wrapper in C++ as well as its kernels (``cpp_wrapper``), so a step
+is one call into compiled code. Artifacts are cached on disk by inductor
+(``TORCHINDUCTOR_CACHE_DIR``, by default ``<engine cache>/inductor``), so a second start with the
+same model and torch skips codegen and the C++ compiler; dynamo still traces each graph (~10 s
+each for the default model).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from .layers.linear import Linear
 
 logger = logging.getLogger(__name__)
 _instances = itertools.count()
+# A C++ wrapper calls the step's ~300 kernels and extern ops without Python in between: 6-14% off the
+# step at batches 1-32 on the default model (benchmarks/NOTES.md), for a longer first compile.
+INDUCTOR_OPTIONS = {"cpp_wrapper": True}
 
 
 def use_compile_cache(folder: Path) -> Path:
@@ -65,7 +70,7 @@ class CompiledDecode:
 
         def inductor(graph, example_inputs):
             self.num_graphs += 1
-            return compile_fx(graph, example_inputs)
+            return compile_fx(graph, example_inputs, config_patches=INDUCTOR_OPTIONS)
 
         # dynamo keeps compiled graphs on the code object: a code object of its own keeps this engine's
         # graphs apart from other engines' in the process (and frees them with it)
@@ -111,10 +116,16 @@ class CompiledDecode:
             if code is self._step.__code__:
                 captured.append(new_code)
 
+        logger.info("compiling the decode step for batch ranges %s: minutes on a first start, seconds once "
+                    "cached in %s (enforce_eager skips it)", [f"{start}-{end}" for start, end in zip(starts, ends)],
+                    os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
         hook = torch._dynamo.convert_frame.register_bytecode_hook(capture)
         try:
-            for start in starts:
+            for index, (start, end) in enumerate(zip(starts, ends)):
+                graph_started = time.monotonic()
                 self._guarded(*self._dummy_inputs(start, 2, block_size))
+                logger.info("decode graph %d/%d (batches %d-%d) ready in %.1f s", index + 1, len(starts), start, end,
+                            time.monotonic() - graph_started)
         finally:
             hook.remove()
         if len(captured) != len(starts):
@@ -126,9 +137,7 @@ class CompiledDecode:
             raise RuntimeError(f"a batch range {list(zip(starts, ends))} needed a second graph; cannot dispatch by range")
         self._range_starts = starts
         self._range_steps = [types.FunctionType(code, self._step.__globals__) for code in captured]
-        logger.info("compiled the decode step for batch ranges %s (%d graphs) in %.1f s; cache: %s",
-                    [f"{s}-{e}" for s, e in zip(starts, ends)], self.num_graphs, time.monotonic() - started,
-                    os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+        logger.info("compiled the decode step (%d graphs) in %.1f s", self.num_graphs, time.monotonic() - started)
 
     def _dummy_inputs(self, size: int, width: int, block_size: int) -> tuple[torch.Tensor, ...]:
         device = self.kv_layers[0][0].device

@@ -14,7 +14,7 @@ from typing import Callable
 import httpx
 import pytest
 
-STARTUP_TIMEOUT_S = 180
+STARTUP_TIMEOUT_S = 600  # a first start compiles the decode step (~5 min cold on 2 cores, ~30 s cached)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Mapping
 from engine import SamplingParams
 
 from ..errors import APIError
+from ..text import check_text
 from .tensors import INT_TYPES, NUMBER_TYPES, BinaryReader, Tensor, describe, encode_bytes, parse_tensor, split_body
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ def _load_object(raw: bytes) -> dict:
         raise APIError(f"invalid JSON body: {err}") from None
     if not isinstance(value, dict):
         raise APIError(f"the body must be a JSON object, got {describe(value)}")
+    check_text(value)
     return value
 
 
@@ -221,8 +223,9 @@ def _coerce(name: str, kind: type, value: object):
         if isinstance(value, str) and value.lstrip().startswith("["):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise APIError(f"parameter 'stop' looks like a JSON array but is not valid JSON: {value!r}") from None
+            check_text({"stop": value})  # its escapes are decoded only now
         if isinstance(value, str) or (isinstance(value, list) and all(isinstance(s, str) for s in value)):
             return value
         raise APIError(f"parameter 'stop' must be a string or a JSON array of strings, got {describe(value)}")

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from engine import AsyncLLMEngine
 
 from ..app import ServerOptions
+from ..text import check_request_text
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving_chat import OpenAIServingChat
 from .serving_completion import OpenAIServingCompletion
 
 
-
 def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(check_request_text)])
     completions = OpenAIServingCompletion(engine, options)
     chat = OpenAIServingChat(engine, options)
 

@@ -134,6 +134,12 @@ BAD_REQUESTS = [
     ("prompt-too-long", "infer", _infer_body(data=[LONG_PROMPT]), 400, ["512"]),
     ("prompt-too-long-stream", "generate_stream", {"text_input": LONG_PROMPT}, 400, ["512"]),
     ("wrong-version", "models/{model}/versions/2/infer", _infer_body(), 404, ["version", "2"]),
+    # lone UTF-16 surrogates, legal as JSON escapes
+    ("surrogate-generate", "generate", {"text_input": "\ud800"}, 400, ["text_input", "surrogate"]),
+    ("surrogate-generate-stream", "generate_stream", {"text_input": "a\udfffb"}, 400, ["text_input", "surrogate"]),
+    ("surrogate-infer", "infer", _infer_body(data=["\ud800"]), 400, ["inputs.0.data.0", "surrogate"]),
+    ("surrogate-stop", "generate", {"text_input": "Hi", "parameters": {"stop": '["\\ud800"]'}}, 400,
+     ["stop", "surrogate"]),
 ]
 
 

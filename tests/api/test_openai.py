@@ -121,6 +121,16 @@ def _post(server, path, body, headers=None):
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages",
      "context_length_exceeded"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", None),
+    # lone UTF-16 surrogates, legal as JSON escapes, in every kind of text field
+    ("/v1/completions", {"prompt": "a\ud800b"}, 400, "prompt", None),
+    ("/v1/completions", {"prompt": ["ok", "\udfff"]}, 400, "prompt.1", None),
+    ("/v1/completions", {"prompt": "x", "stop": ["\ud800"]}, 400, "stop.0", None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, 400, "messages.0.content", None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}]}, 400,
+     "messages.0.content.0.text", None),
+    ("/v1/chat/completions", {"messages": MESSAGES, "stop": "\udc00"}, 400, "stop", None),
+    ("/v1/chat/completions", {"messages": MESSAGES, "chat_template_kwargs": {"\ud800": 1}}, 400,
+     "chat_template_kwargs.\\ud800", None),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, path, body, status, param, code):
     answer = _post(server, path, body)

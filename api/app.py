@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,6 +14,9 @@ from engine import AsyncLLMEngine
 
 from .errors import APIError, error_response, install_error_handlers
 from .metrics import EngineMetrics
+from .oip.routes import build_router as build_oip_router
+from .openai.routes import build_router as build_openai_router
+from .options import ServerOptions
 from .request_log import log_finished_request
 
 logger = logging.getLogger(__name__)
@@ -23,21 +25,7 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready", "/metrics")
 
 
-@dataclass(frozen=True)
-class ServerOptions:
-    served_model_name: str
-    api_key: str | None = None
-    allowed_origins: list[str] = field(default_factory=list)
-    allow_credentials: bool = False
-    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
-    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
-    max_n: int = 128
-
-
 def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
-    from .oip.routes import build_router as build_oip_router
-    from .openai.routes import build_router as build_openai_router
-
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()

@@ -128,12 +128,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from engine import AsyncLLMEngine, EngineConfig
 
-    from .app import ServerOptions, build_app
+    from .app import build_app
+    from .options import ServerOptions
 
     config = EngineConfig.from_kwargs(args.model, **_engine_kwargs(args), seed=args.seed,
                                       enable_prefix_caching=args.enable_prefix_caching)
     engine = AsyncLLMEngine.from_config(config)
-    name = args.served_model_name or engine.engine.model_name
+    name = args.served_model_name or engine.model_name
     if "/" in name:
         raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
     options = ServerOptions(served_model_name=name, api_key=args.api_key, allowed_origins=args.allowed_origins,

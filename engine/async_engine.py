@@ -13,13 +13,14 @@ import asyncio
 import logging
 import threading
 import time
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from .config import EngineConfig
 from .input_processor import PromptType
 from .llm_engine import EngineStats, LLMEngine, PreparedRequest
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .token_bytes import TokenBytes
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,20 @@ class AsyncLLMEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.runtime.max_model_len
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def token_bytes(self) -> TokenBytes:
+        """Each token's own text and bytes (cached), as logprobs report them."""
+        return self.engine.output_processor.token_bytes
+
+    def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
+        """The model's chat template applied to ``messages``: its text and token ids, not length-checked.
+        Runs on the caller's thread (tokenizing reads only the tokenizer)."""
+        return self.engine.input_processor.render_chat(messages, **template_kwargs)
 
     @property
     def is_running(self) -> bool:

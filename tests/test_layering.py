@@ -1,4 +1,5 @@
-"""The layers import only downward: api -> engine -> {scheduler, kernels}; scheduler has no torch."""
+"""The layers import only downward: api -> engine -> {scheduler, kernels}; scheduler has no torch.
+Inside a package, modules import without cycles and never take another module's private names."""
 
 from __future__ import annotations
 
@@ -39,6 +40,80 @@ def test_package_imports_only_downward(package):
                 assert (relative, name) in EXCEPTIONS, f"{relative} imports {name}: {package} may import {ALLOWED[package] or 'nothing of ours'}"
             if package == "scheduler":
                 assert name not in ("torch", "numpy"), f"{relative} imports {name}: scheduler/ is pure Python"
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_from(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from ... import`` reads from (relative levels resolved)."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def package_graph(package_dir: Path) -> tuple[dict[str, set[str]], list[str]]:
+    """Module -> the modules of the same package it imports (at any depth of the file), and every
+    ``from X import _name`` of a private name from another module."""
+    modules = {_module_name(path, package_dir.parent): path for path in sorted(package_dir.rglob("*.py"))}
+    graph, private = {}, []
+    for module, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                source = _imported_from(module, path, node)
+                for alias in node.names:
+                    submodule = f"{source}.{alias.name}"
+                    targets.add(submodule if submodule in modules else source)
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        private.append(f"{module} imports {alias.name} from {source}")
+        graph[module] = {target for target in targets if target in modules and target != module}
+    return graph, private
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path that ends where it starts, or None."""
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [module, target] if target in path else [module, target]
+            if target not in state and (cycle := visit(target, path + [module])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module, [])):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_no_import_cycles_and_no_private_imports_inside_a_package(package):
+    graph, private = package_graph(ROOT / package)
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+    assert not private, f"private names imported across modules: {private}"
+
+
+def test_the_checks_catch_a_planted_cycle_and_a_planted_private_import(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .sub import b\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "b.py").write_text("def f():\n    from ..a import _helper\n")
+    graph, private = package_graph(package)
+    assert find_cycle(graph) in (["pkg.a", "pkg.sub.b", "pkg.a"], ["pkg.sub.b", "pkg.a", "pkg.sub.b"])
+    assert private == ["pkg.sub.b imports _helper from pkg.a"]
 
 
 def test_ci_runs_the_readme_test_command():

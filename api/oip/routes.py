@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from engine import AsyncLLMEngine
 
-from ..app import ServerOptions
+from ..options import ServerOptions
 from ..disconnect import unless_disconnected
 from ..errors import APIError
 from .protocol import MODEL_VERSION, model_metadata, parse_generate, parse_infer

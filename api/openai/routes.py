@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from engine import AsyncLLMEngine
 
-from ..app import ServerOptions
+from ..options import ServerOptions
 from ..text import check_request_text
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .serving_chat import OpenAIServingChat

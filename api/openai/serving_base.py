@@ -7,10 +7,10 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from engine import AsyncLLMEngine, InvalidSamplingParam, SamplingParams
+from engine import AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, RequestOutput, SamplingParams
 
-from ..app import ServerOptions
 from ..errors import APIError, openai_error_body
+from ..options import ServerOptions
 from .protocol import SamplingFields
 
 # Our SamplingParams names -> the OpenAI field a client sent.
@@ -23,7 +23,7 @@ class OpenAIServing:
         self.engine = engine
         self.options = options
         self.tokenizer = engine.tokenizer
-        self.token_bytes = engine.engine.output_processor.token_bytes
+        self.token_bytes = engine.token_bytes
 
     @property
     def model_name(self) -> str:
@@ -74,6 +74,21 @@ class OpenAIServing:
     @staticmethod
     def logprob_value(value: float) -> float:
         return max(value, LOGPROB_FLOOR)
+
+
+def raise_if_aborted(completion: CompletionOutput) -> None:
+    """A request the server aborted (shutdown, engine failure) ends its response as a 503."""
+    if completion.finish_reason == "abort":
+        raise APIError("the request was aborted by the server", status=503)
+
+
+def usage(finals: list[RequestOutput]) -> dict:
+    """OpenAI's usage object over the final outputs of one response's requests."""
+    prompt = sum(len(f.prompt_token_ids) for f in finals)
+    completion = sum(len(c.token_ids) for f in finals for c in f.outputs)
+    cached = sum(f.num_cached_tokens for f in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def sse_events(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:

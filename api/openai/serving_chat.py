@@ -14,8 +14,7 @@ from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..streaming import last_outputs, merge
 from .protocol import ChatCompletionRequest, ChatMessage
-from .serving_base import OpenAIServing, sse_events
-from .serving_completion import _raise_if_aborted, _usage
+from .serving_base import OpenAIServing, raise_if_aborted, sse_events, usage
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -48,7 +47,7 @@ class OpenAIServingChat(OpenAIServing):
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError("top_logprobs requires logprobs: true", param="top_logprobs")
         try:
-            prompt, token_ids = self.engine.engine.input_processor.render_chat(
+            prompt, token_ids = self.engine.render_chat(
                 self._messages(body), add_generation_prompt=body.add_generation_prompt,
                 continue_final_message=body.continue_final_message, **(body.chat_template_kwargs or {}),
             )
@@ -72,7 +71,7 @@ class OpenAIServingChat(OpenAIServing):
     def _response(self, body: ChatCompletionRequest, request_id: str, final: RequestOutput) -> dict:
         choices = []
         for completion in final.outputs:
-            _raise_if_aborted(completion)
+            raise_if_aborted(completion)
             choices.append({
                 "index": completion.index,
                 "message": {"role": "assistant", "content": completion.text},
@@ -81,7 +80,7 @@ class OpenAIServingChat(OpenAIServing):
                 "stop_reason": completion.stop_reason,
             })
         return {"id": request_id, "object": "chat.completion", "created": self.created(), "model": self.model_name,
-                "system_fingerprint": None, "choices": choices, "usage": _usage([final])}
+                "system_fingerprint": None, "choices": choices, "usage": usage([final])}
 
     async def _stream(self, body: ChatCompletionRequest, request_id: str, stream) -> AsyncIterator[dict]:
         created = self.created()
@@ -103,7 +102,7 @@ class OpenAIServingChat(OpenAIServing):
             async for _, final in outputs:
                 for completion in final.outputs:
                     index = completion.index
-                    _raise_if_aborted(completion)
+                    raise_if_aborted(completion)
                     if index in done:
                         continue
                     if index not in sent_text:
@@ -119,7 +118,7 @@ class OpenAIServingChat(OpenAIServing):
                         yield chunk(index, {}, None, completion.finish_reason, completion.stop_reason)
         if include_usage and final is not None:
             yield {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
-                   "choices": [], "usage": _usage([final])}
+                   "choices": [], "usage": usage([final])}
 
     def _logprobs(self, body: ChatCompletionRequest, completion: CompletionOutput, first_token: int) -> dict:
         top_n = body.top_logprobs or 0

@@ -15,7 +15,7 @@ from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..streaming import last_outputs, merge
 from .protocol import CompletionRequest
-from .serving_base import OpenAIServing, sse_events
+from .serving_base import OpenAIServing, raise_if_aborted, sse_events, usage
 
 
 @dataclass
@@ -65,7 +65,7 @@ class OpenAIServingCompletion(OpenAIServing):
         choices = []
         for prompt_index, final in enumerate(finals):
             for completion in final.outputs:
-                _raise_if_aborted(completion)
+                raise_if_aborted(completion)
                 text = completion.text
                 if body.echo:
                     text = self._prompt_text(final) + text
@@ -77,7 +77,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     "stop_reason": completion.stop_reason,
                 })
         return {"id": request_id, "object": "text_completion", "created": self.created(), "model": self.model_name,
-                "choices": choices, "usage": _usage(finals)}
+                "choices": choices, "usage": usage(finals)}
 
     async def _stream(self, body: CompletionRequest, request_id: str, streams) -> AsyncIterator[dict]:
         created = self.created()
@@ -90,7 +90,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 for completion in output.outputs:
                     index = prompt_index * body.n + completion.index
                     state = sent.setdefault(index, _Sent())
-                    _raise_if_aborted(completion)
+                    raise_if_aborted(completion)
                     delta = completion.text[state.text:]
                     if state.text == 0 and state.tokens == 0 and body.echo:
                         delta = self._prompt_text(output) + delta
@@ -112,7 +112,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     yield chunk
         if include_usage:
             yield {"id": request_id, "object": "text_completion", "created": created, "model": self.model_name,
-                   "choices": [], "usage": _usage([finals[i] for i in sorted(finals)])}
+                   "choices": [], "usage": usage([finals[i] for i in sorted(finals)])}
 
     def _prompt_text(self, output: RequestOutput) -> str:
         return output.prompt if output.prompt is not None else self.tokenizer.decode(output.prompt_token_ids)
@@ -142,16 +142,3 @@ class OpenAIServingCompletion(OpenAIServing):
             top_logprobs.append(top)
         return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
                 "text_offset": offsets}
-
-
-def _raise_if_aborted(completion: CompletionOutput) -> None:
-    if completion.finish_reason == "abort":
-        raise APIError("the request was aborted by the server", status=503)
-
-
-def _usage(finals: list[RequestOutput]) -> dict:
-    prompt = sum(len(f.prompt_token_ids) for f in finals)
-    completion = sum(len(c.token_ids) for f in finals for c in f.outputs)
-    cached = sum(f.num_cached_tokens for f in finals)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}

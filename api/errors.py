@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import EngineDeadError
+from engine import EngineDeadError, InvalidSamplingParam
 
 from .disconnect import ClientDisconnected
 
@@ -33,21 +33,36 @@ def is_oip_path(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def error_response(path: str, error: APIError) -> JSONResponse:
+def as_api_error(err: BaseException) -> APIError:
+    """The one place a failure becomes what the client is told: status, message, field."""
+    if isinstance(err, APIError):
+        return err
+    if isinstance(err, RequestValidationError):
+        return _validation_error(err)
+    if isinstance(err, StarletteHTTPException):
+        return APIError(str(err.detail), status=err.status_code)
+    if isinstance(err, EngineDeadError):  # the model is not ready to serve
+        return APIError(str(err), status=503)
+    if isinstance(err, InvalidSamplingParam):
+        return APIError(str(err), param=err.field)
+    if isinstance(err, ValueError):  # the engine's validation, e.g. a prompt longer than the context
+        return APIError(str(err))
+    return APIError(f"internal error: {err}", status=500)
+
+
+def error_body(path: str, error: APIError) -> dict:
+    """The error in the shape of the API that ``path`` belongs to (also one SSE event of a failed stream)."""
     if is_oip_path(path):
-        return JSONResponse({"error": error.message}, status_code=error.status)
-    body = {"message": error.message, "type": _TYPES.get(error.status, "server_error"),
-            "param": error.param, "code": error.code}
-    return JSONResponse({"error": body}, status_code=error.status)
-
-
-def openai_error_body(error: APIError) -> dict:
-    """The error object sent as one SSE event when a stream fails after its 200 header."""
+        return {"error": error.message}
     return {"error": {"message": error.message, "type": _TYPES.get(error.status, "server_error"),
                       "param": error.param, "code": error.code}}
 
 
-def validation_error(exc: RequestValidationError) -> APIError:
+def error_response(path: str, error: APIError) -> JSONResponse:
+    return JSONResponse(error_body(path, error), status_code=error.status)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
     """FastAPI/pydantic's 422 as our 400, naming the first offending field."""
     first = exc.errors()[0] if exc.errors() else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
@@ -58,26 +73,12 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return error_response(request.url.path, exc)
+    async def _refused(request: Request, exc: Exception):
+        return error_response(request.url.path, as_api_error(exc))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        return error_response(request.url.path, validation_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(request.url.path, APIError(str(exc.detail), status=exc.status_code))
+    for kind in (APIError, RequestValidationError, StarletteHTTPException, EngineDeadError, ValueError):
+        app.add_exception_handler(kind, _refused)
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(request: Request, exc: ClientDisconnected):  # its request was aborted already
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-    @app.exception_handler(EngineDeadError)
-    async def _dead(request: Request, exc: EngineDeadError):
-        return error_response(request.url.path, APIError(str(exc), status=503))
-
-    @app.exception_handler(ValueError)
-    async def _value(request: Request, exc: ValueError):  # the engine's validation, e.g. a bad sampling value
-        return error_response(request.url.path, APIError(str(exc)))

@@ -13,9 +13,9 @@ import json
 import uuid
 from typing import AsyncGenerator, Awaitable, TypeVar
 
-from engine import AsyncLLMEngine, CompletionOutput, EngineDeadError
+from engine import AsyncLLMEngine, CompletionOutput
 
-from ..errors import APIError
+from ..errors import as_api_error
 from .protocol import MODEL_VERSION, GenerateRequest, Generation, InferRequest, encode_infer_response
 
 T = TypeVar("T")
@@ -63,8 +63,8 @@ class OIPServing:
                     yield json.dumps(event)
             except Exception as err:
                 if first:
-                    raise _api_error(err) from err
-                yield json.dumps({"error": _api_error(err).message})
+                    raise as_api_error(err) from err
+                yield json.dumps({"error": as_api_error(err).message})
 
     async def _complete(self, prompt: str, generation: Generation) -> CompletionOutput:
         final = None
@@ -73,7 +73,7 @@ class OIPServing:
                 async for final in outputs:
                     pass
         except Exception as err:
-            raise _api_error(err) from err
+            raise as_api_error(err) from err
         return final.outputs[0]
 
     def _names(self) -> dict:
@@ -89,16 +89,6 @@ async def _all_or_none(works: list[Awaitable[T]]) -> list[T]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _api_error(err: Exception) -> APIError:
-    if isinstance(err, APIError):
-        return err
-    if isinstance(err, EngineDeadError):  # the model is not ready to serve
-        return APIError(str(err), status=503)
-    if isinstance(err, ValueError):  # the engine's validation, e.g. a prompt longer than the context
-        return APIError(str(err))
-    return APIError(f"the engine failed: {err}", status=500)
 
 
 def _new_request_id() -> str:

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from engine import AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, RequestOutput, SamplingParams
 
-from ..errors import APIError, openai_error_body
+from ..errors import APIError, as_api_error, error_body
 from ..options import ServerOptions
 from .protocol import SamplingFields
 
@@ -42,11 +42,9 @@ class OpenAIServing:
                         logprobs_field: str, prompt_logprobs: int | None = None) -> SamplingParams:
         try:
             return body.sampling_params(max_tokens, logprobs, prompt_logprobs)
-        except InvalidSamplingParam as err:
+        except InvalidSamplingParam as err:  # named as this API names the field
             field = logprobs_field if err.field in _API_FIELD else err.field
             raise APIError(str(err), param=field) from None
-        except ValueError as err:
-            raise APIError(str(err)) from None
 
     def check_context(self, num_prompt_tokens: int, max_tokens: int | None, param: str) -> None:
         """400 context_length_exceeded when the prompt, or prompt + max_tokens, exceeds the context."""
@@ -96,10 +94,6 @@ async def sse_events(chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
             yield json.dumps(chunk, ensure_ascii=False)
-    except APIError as err:
-        yield json.dumps(openai_error_body(err))
-    except ValueError as err:
-        yield json.dumps(openai_error_body(APIError(str(err))))
     except Exception as err:  # noqa: BLE001 - reported to the client, which raises it
-        yield json.dumps(openai_error_body(APIError(f"internal error: {err}", status=500)))
+        yield json.dumps(error_body("/v1", as_api_error(err)))
     yield "[DONE]"

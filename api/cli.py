@@ -82,32 +82,28 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from engine import EngineConfig, LLMEngine, SamplingParams
+    from engine import EngineConfig, LLMEngine, RequestOutputKind, SamplingParams
 
     engine = LLMEngine(EngineConfig.from_kwargs(args.model, **_engine_kwargs(args)))
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                             top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                            repetition_penalty=args.repetition_penalty, stop=args.stop)
+                            repetition_penalty=args.repetition_penalty, stop=args.stop,
+                            output_kind=RequestOutputKind.DELTA)
     if args.chat:
         text, token_ids = engine.input_processor.render_chat([{"role": "user", "content": args.prompt}])
         engine.add_request("cli", text, params, prompt_token_ids=token_ids)
     else:
         engine.add_request("cli", args.prompt, params)
-    started, printed, output = time.monotonic(), 0, None
+    started, output = time.monotonic(), None
     while engine.has_unfinished_requests():
         for output in engine.step():
-            text = output.outputs[0].text
-            sys.stdout.write(text[printed:])
+            sys.stdout.write(output.outputs[0].text)  # the new text only
             sys.stdout.flush()
-            printed = len(text)
     sys.stdout.write("\n")
     if output is not None:
-        completion = output.outputs[0]
-        elapsed = time.monotonic() - started
-        logging.getLogger("engine").info(
-            "%d tokens in %.2f s (%.1f tokens/s), finish_reason=%s",
-            len(completion.token_ids), elapsed, len(completion.token_ids) / elapsed, completion.finish_reason,
-        )
+        generated, elapsed = output.metrics.num_generated_tokens, time.monotonic() - started
+        logging.getLogger("engine").info("%d tokens in %.2f s (%.1f tokens/s), finish_reason=%s",
+                                         generated, elapsed, generated / elapsed, output.outputs[0].finish_reason)
     return 0
 
 

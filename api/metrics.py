@@ -56,7 +56,7 @@ class EngineMetrics:
                                      label_names, registry=self.registry)
         self.generation_tokens = Counter("engine:generation_tokens", "Generated tokens.", label_names,
                                          registry=self.registry)
-        self.request_success = Counter("engine:request_success", "Finished requests by finish reason.",
+        self.request_success = Counter("engine:request_success", "Finished requests by finish reason (of their last sequence).",
                                        label_names + ["finished_reason"], registry=self.registry)
         self.ttft = Histogram("engine:time_to_first_token_seconds", "Time to first token.", label_names,
                               buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -71,25 +71,28 @@ class EngineMetrics:
         engine.add_output_listener(self.observe)
 
     def observe(self, output: RequestOutput) -> None:
+        """Counts come from the request's metrics, not from the outputs' token lists, which hold only the new
+        tokens of a stream (DELTA) and arrive once for a non-streaming request (FINAL_ONLY)."""
         now = time.monotonic()
         labels = self._labels
-        num_tokens = sum(len(c.token_ids) for c in output.outputs)
+        stats = output.metrics
         previous = self._progress.get(output.request_id)
         if previous is None:
             self.prompt_tokens.labels(**labels).inc(len(output.prompt_token_ids))
-            self.ttft.labels(**labels).observe(now - output.metrics.arrival_time)
+            first = stats.first_token_time if stats.first_token_time is not None else now
+            self.ttft.labels(**labels).observe(first - stats.arrival_time)
             counted = 0
         else:
             self.itl.labels(**labels).observe(now - previous[0])
             counted = previous[1]
-        self.generation_tokens.labels(**labels).inc(num_tokens - counted)
+        self.generation_tokens.labels(**labels).inc(stats.num_generated_tokens - counted)
         if output.finished:
             self._progress.pop(output.request_id, None)
-            self.e2e.labels(**labels).observe(now - output.metrics.arrival_time)
-            for completion in output.outputs:
-                self.request_success.labels(**labels, finished_reason=completion.finish_reason or "abort").inc()
+            self.e2e.labels(**labels).observe(now - stats.arrival_time)
+            reason = next((c.finish_reason for c in reversed(output.outputs) if c.finish_reason), "abort")
+            self.request_success.labels(**labels, finished_reason=reason).inc()
         else:
-            self._progress[output.request_id] = (now, num_tokens)
+            self._progress[output.request_id] = (now, stats.num_generated_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

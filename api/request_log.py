@@ -15,7 +15,7 @@ def log_finished_request(output: RequestOutput) -> None:
         return
     metrics = output.metrics
     elapsed = time.monotonic() - metrics.arrival_time
-    generated = sum(len(c.token_ids) for c in output.outputs)
+    generated = metrics.num_generated_tokens
     first = (metrics.first_token_time - metrics.arrival_time) if metrics.first_token_time else float("nan")
     reasons = ",".join(sorted({c.finish_reason or "abort" for c in output.outputs}))
     logger.info(

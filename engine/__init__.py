@@ -11,7 +11,7 @@ from .llm import LLM, InvalidPromptError
 from .llm_engine import LLMEngine
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput
 from .quant.quantize import quantize
-from .sampling_params import InvalidSamplingParam, SamplingParams
+from .sampling_params import InvalidSamplingParam, RequestOutputKind, SamplingParams
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -22,6 +22,7 @@ __all__ = [
     "EngineConfig",
     "InvalidPromptError",
     "InvalidSamplingParam",
+    "RequestOutputKind",
     "LLM",
     "LLMEngine",
     "RequestMetrics",

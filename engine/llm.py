@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
@@ -11,7 +12,7 @@ from .config import EngineConfig
 from .input_processor import PromptType
 from .llm_engine import LLMEngine
 from .outputs import RequestOutput
-from .sampling_params import SamplingParams
+from .sampling_params import RequestOutputKind, SamplingParams
 
 Messages = list[dict[str, Any]]
 # One prompt of a call: (prompt, its token ids if already known), or why it was rejected.
@@ -77,7 +78,8 @@ class LLM:
         return self._run(items, sampling_params, use_tqdm)
 
     def _run(self, items: list[_Item], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
-        params = _per_prompt(sampling_params, len(items))
+        # only the finished outputs are returned, so the engine builds nothing before them
+        params = [replace(sp, output_kind=RequestOutputKind.FINAL_ONLY) for sp in _per_prompt(sampling_params, len(items))]
         index_of: dict[str, int] = {}
         errors: dict[int, ValueError] = {}
         outputs: list[RequestOutput | None] = [None] * len(items)

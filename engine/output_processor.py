@@ -1,6 +1,8 @@
 """Sampled tokens -> ``RequestOutput``s: incremental text, stop strings, logprobs, timings.
 
-A request with n > 1 is a group of sequences: sequence 0 carries the request id, the forks
+What an output holds follows ``SamplingParams.output_kind``: everything so far (CUMULATIVE),
+only what is new since the last output (DELTA: a step's work for a stream does not grow with
+its length), or one output at the end (FINAL_ONLY). A request with n > 1 is a group of sequences: sequence 0 carries the request id, the forks
 ``<id>#1 .. <id>#n-1`` appear when the prompt is done (``Scheduler.update``).
 """
 
@@ -16,7 +18,7 @@ from scheduler import FinishReason, Request
 from .detokenizer import IncrementalDetokenizer
 from .outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from .sampler import SamplerOutput, SamplingRow
-from .sampling_params import SamplingParams
+from .sampling_params import RequestOutputKind, SamplingParams
 from .stop_strings import find_stop, undecided_tail
 from .token_bytes import TokenBytes
 
@@ -34,6 +36,9 @@ class SequenceState:
     cumulative_logprob: float | None = None  # summed only when logprobs are asked for, as vLLM does
     stop_string: str | None = None  # the stop string that ended it, if any
     stop_at: int = 0  # where the text is cut when a stop string ended it
+    sent_chars: int = 0  # DELTA: text already in an output
+    sent_tokens: int = 0  # DELTA: token ids (and logprobs) already in an output
+    sent_final: bool = False  # DELTA: its finish reason went out
 
     @property
     def finished(self) -> bool:
@@ -53,6 +58,7 @@ class RequestState:
     sequences: list[SequenceState] = field(default_factory=list)
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     aborted: bool = False
+    sent_prompt_logprobs: bool = False  # DELTA: they go out once, with the first output
 
     @property
     def finished(self) -> bool:
@@ -144,11 +150,13 @@ class OutputProcessor:
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
             moved[state.request_id] = state
-        return [self._emit(state, now) for state in moved.values()], stopped
+        outputs = [output for state in moved.values() if (output := self._emit(state, now)) is not None]
+        return outputs, stopped
 
     def _append(self, state: RequestState, seq: SequenceState, tokens: SamplerOutput, row: int) -> bool:
         """Record one token of ``seq``; True if a stop string ended it."""
         token_id = seq.request.output_token_ids[-1]
+        state.metrics.num_generated_tokens += 1
         if seq.logprobs is not None:
             logprob = tokens.logprobs[row]
             seq.cumulative_logprob += logprob
@@ -181,29 +189,55 @@ class OutputProcessor:
         state.aborted = True
         return self._emit(state, time.monotonic())
 
-    def _emit(self, state: RequestState, now: float) -> RequestOutput:
+    def _emit(self, state: RequestState, now: float) -> RequestOutput | None:
+        """The request's output for this step in its params' kind; None where that kind sends nothing now."""
         finished = state.finished
+        kind = state.params.output_kind
+        if kind is RequestOutputKind.FINAL_ONLY and not finished:
+            return None
         if finished:
             state.metrics.finished_time = now
             del self.requests[state.request_id]
             for seq in state.sequences:
                 del self.sequences[seq.request.request_id]
-        completions = [self._completion(state, seq) for seq in state.sequences]
+        prompt_logprobs = state.prompt_logprobs
+        if kind is RequestOutputKind.DELTA:
+            completions = [c for seq in state.sequences if (c := self._delta(state, seq)) is not None]
+            if state.sent_prompt_logprobs:
+                prompt_logprobs = None
+            state.sent_prompt_logprobs = True
+        else:
+            completions = [self._completion(state, seq) for seq in state.sequences]
         return RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, completions, finished,
-                             state.metrics, state.prompt_logprobs, state.sequences[0].request.num_cached_tokens or 0)
+                             state.metrics, prompt_logprobs, state.sequences[0].request.num_cached_tokens or 0)
 
-    def _completion(self, state: RequestState, seq: SequenceState) -> CompletionOutput:
+    def _delta(self, state: RequestState, seq: SequenceState) -> CompletionOutput | None:
+        """What is new in ``seq`` since its last output; None if nothing is."""
+        completion = self._completion(state, seq, seq.sent_tokens, seq.sent_chars)
+        if not completion.text and not completion.token_ids and (seq.sent_final or not completion.finished):
+            return None
+        seq.sent_chars += len(completion.text)
+        seq.sent_tokens += len(completion.token_ids)
+        seq.sent_final = completion.finished
+        return completion
+
+    def _completion(self, state: RequestState, seq: SequenceState, first_token: int = 0,
+                    first_char: int = 0) -> CompletionOutput:
+        """``seq`` from token ``first_token`` and character ``first_char`` on (text held back while it could
+        still become a stop string is left out until decided)."""
         text = seq.detokenizer.text
         if seq.stop_string is not None:
-            text = text[: seq.stop_at]
+            end = seq.stop_at
             reason, stop_reason = FinishReason.STOP.value, seq.stop_string
         elif seq.request.is_finished:
+            end = len(text)
             reason, stop_reason = seq.request.finish_reason.value, seq.request.stop_reason
         else:
+            end = len(text) - undecided_tail(text, state.params.stop_strings)
             reason, stop_reason = None, None
-            text = text[: len(text) - undecided_tail(text, state.params.stop_strings)]
         return CompletionOutput(
-            index=seq.index, text=text, token_ids=list(seq.request.output_token_ids),
-            cumulative_logprob=seq.cumulative_logprob, logprobs=seq.logprobs,
+            index=seq.index, text=text[first_char:max(end, first_char)],
+            token_ids=seq.request.output_token_ids[first_token:], cumulative_logprob=seq.cumulative_logprob,
+            logprobs=None if seq.logprobs is None else seq.logprobs[first_token:],
             finish_reason=reason, stop_reason=stop_reason,
         )

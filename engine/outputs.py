@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RequestMetrics:
-    """Wall-clock times (``time.monotonic()``) of a request's milestones."""
+    """Wall-clock times (``time.monotonic()``) of a request's milestones, and its token count so far."""
 
     arrival_time: float
     first_token_time: float | None = None
     finished_time: float | None = None
+    num_generated_tokens: int = 0  # over all sequences, whatever the outputs carried
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ The fields and their meaning follow vLLM's ``SamplingParams`` and the OpenAI API
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
@@ -16,6 +17,14 @@ class InvalidSamplingParam(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class RequestOutputKind(enum.Enum):
+    """What each output of a request holds (vLLM's names)."""
+
+    CUMULATIVE = "cumulative"  # everything so far, at every step
+    DELTA = "delta"  # only the text, token ids and logprobs new since the last output: streams
+    FINAL_ONLY = "final_only"  # one output, when the request finishes: non-streaming calls
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         _check_int("n", self.n, 1, 128)

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import json
 import uuid
+from dataclasses import replace
 from typing import AsyncGenerator, Awaitable, TypeVar
 
-from engine import AsyncLLMEngine, CompletionOutput
+from engine import AsyncLLMEngine, CompletionOutput, RequestOutputKind
 
 from ..errors import as_api_error
 from .protocol import MODEL_VERSION, GenerateRequest, Generation, InferRequest, encode_infer_response
@@ -46,17 +47,17 @@ class OIPServing:
         A failure before the first event is raised, so the route can answer it with its status;
         after it, the failure is one ``{"error": ...}`` event that ends the stream.
         """
-        text_sent, prefix = 0, request.prompt if request.generation.include_prompt else ""
+        prefix = request.prompt if request.generation.include_prompt else ""
         first = True
-        outputs = self.engine.generate(request.prompt, request.generation.params, _new_request_id())
+        params = replace(request.generation.params, output_kind=RequestOutputKind.DELTA)
+        outputs = self.engine.generate(request.prompt, params, _new_request_id())
         async with contextlib.aclosing(outputs):
             try:
-                async for output in outputs:
+                async for output in outputs:  # only the new text in each
                     completion = output.outputs[0]
-                    delta, text_sent = completion.text[text_sent:], len(completion.text)
-                    if not delta and not completion.finished:
+                    if not completion.text and not completion.finished:
                         continue
-                    event = {**self._names(), "text_output": (prefix if first else "") + delta}
+                    event = {**self._names(), "text_output": (prefix if first else "") + completion.text}
                     if completion.finished:
                         event["finish_reason"] = completion.finish_reason
                     first = False
@@ -69,7 +70,8 @@ class OIPServing:
     async def _complete(self, prompt: str, generation: Generation) -> CompletionOutput:
         final = None
         try:
-            async with contextlib.aclosing(self.engine.generate(prompt, generation.params, _new_request_id())) as outputs:
+            params = replace(generation.params, output_kind=RequestOutputKind.FINAL_ONLY)
+            async with contextlib.aclosing(self.engine.generate(prompt, params, _new_request_id())) as outputs:
                 async for final in outputs:
                     pass
         except Exception as err:

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import SamplingParams
+from engine import RequestOutputKind, SamplingParams
 
 
 class StreamOptions(BaseModel):
@@ -62,6 +62,7 @@ class SamplingFields(BaseModel):
             ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, logit_bias=bias, logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.FINAL_ONLY,
             **{name: value for name, value in given.items() if value is not None},
         )
 

@@ -80,11 +80,11 @@ def raise_if_aborted(completion: CompletionOutput) -> None:
         raise APIError("the request was aborted by the server", status=503)
 
 
-def usage(finals: list[RequestOutput]) -> dict:
-    """OpenAI's usage object over the final outputs of one response's requests."""
-    prompt = sum(len(f.prompt_token_ids) for f in finals)
-    completion = sum(len(c.token_ids) for f in finals for c in f.outputs)
-    cached = sum(f.num_cached_tokens for f in finals)
+def usage(outputs: list[RequestOutput]) -> dict:
+    """OpenAI's usage object over one response's requests (any output of each: counts come from its metrics)."""
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    completion = sum(o.metrics.num_generated_tokens for o in outputs)
+    cached = sum(o.num_cached_tokens for o in outputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}
 

@@ -75,7 +75,7 @@ class OpenAIServingChat(OpenAIServing):
             choices.append({
                 "index": completion.index,
                 "message": {"role": "assistant", "content": completion.text},
-                "logprobs": self._logprobs(body, completion, 0) if body.logprobs else None,
+                "logprobs": self._logprobs(body, completion) if body.logprobs else None,
                 "finish_reason": completion.finish_reason,
                 "stop_reason": completion.stop_reason,
             })
@@ -85,9 +85,7 @@ class OpenAIServingChat(OpenAIServing):
     async def _stream(self, body: ChatCompletionRequest, request_id: str, stream) -> AsyncIterator[dict]:
         created = self.created()
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        sent_text: dict[int, int] = {}
-        sent_tokens: dict[int, int] = {}
-        done: set[int] = set()
+        started: set[int] = set()  # choices whose role chunk went out
         final = None
 
         def chunk(index: int, delta: dict, logprobs, finish_reason, stop_reason=None) -> dict:
@@ -99,31 +97,26 @@ class OpenAIServingChat(OpenAIServing):
             return out
 
         async with contextlib.aclosing(merge([stream])) as outputs:
-            async for _, final in outputs:
+            async for _, final in outputs:  # each output holds only what is new (DELTA)
                 for completion in final.outputs:
                     index = completion.index
                     raise_if_aborted(completion)
-                    if index in done:
-                        continue
-                    if index not in sent_text:
-                        sent_text[index] = sent_tokens[index] = 0
+                    if index not in started:
+                        started.add(index)
                         yield chunk(index, {"role": "assistant", "content": ""}, None, None)
-                    delta = completion.text[sent_text[index]:]
-                    logprobs = self._logprobs(body, completion, sent_tokens[index]) if body.logprobs else None
-                    sent_text[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
-                    if delta or (logprobs and logprobs["content"]):
-                        yield chunk(index, {"content": delta}, logprobs, None)
+                    logprobs = self._logprobs(body, completion) if body.logprobs else None
+                    if completion.text or (logprobs and logprobs["content"]):
+                        yield chunk(index, {"content": completion.text}, logprobs, None)
                     if completion.finished:
-                        done.add(index)
                         yield chunk(index, {}, None, completion.finish_reason, completion.stop_reason)
         if include_usage and final is not None:
             yield {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
                    "choices": [], "usage": usage([final])}
 
-    def _logprobs(self, body: ChatCompletionRequest, completion: CompletionOutput, first_token: int) -> dict:
+    def _logprobs(self, body: ChatCompletionRequest, completion: CompletionOutput) -> dict:
         top_n = body.top_logprobs or 0
         content = []
-        for token_id, entry in zip(completion.token_ids[first_token:], (completion.logprobs or [])[first_token:]):
+        for token_id, entry in zip(completion.token_ids, completion.logprobs or []):
             chosen = entry[token_id]
             best = sorted((lp for lp in entry.values() if lp.rank <= top_n), key=lambda lp: lp.rank)[:top_n]
             content.append({

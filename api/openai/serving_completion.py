@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -16,15 +15,6 @@ from ..errors import APIError
 from ..streaming import last_outputs, merge
 from .protocol import CompletionRequest
 from .serving_base import OpenAIServing, raise_if_aborted, sse_events, usage
-
-
-@dataclass
-class _Sent:
-    """How much of a choice a stream has sent."""
-
-    text: int = 0
-    tokens: int = 0
-    finished: bool = False
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -80,31 +70,27 @@ class OpenAIServingCompletion(OpenAIServing):
                 "choices": choices, "usage": usage(finals)}
 
     async def _stream(self, body: CompletionRequest, request_id: str, streams) -> AsyncIterator[dict]:
+        """One chunk per choice per engine output; the outputs hold only what is new (DELTA)."""
         created = self.created()
-        sent: dict[int, _Sent] = {}
-        finals: dict[int, RequestOutput] = {}
+        sent_chars: dict[int, int] = {}  # per choice: text sent so far, for logprobs' text offsets
+        latest: dict[int, RequestOutput] = {}  # per prompt: for the usage chunk (counts ride in its metrics)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         async with contextlib.aclosing(merge(streams)) as outputs:
             async for prompt_index, output in outputs:
-                finals[prompt_index] = output
+                latest[prompt_index] = output
                 for completion in output.outputs:
-                    index = prompt_index * body.n + completion.index
-                    state = sent.setdefault(index, _Sent())
                     raise_if_aborted(completion)
-                    delta = completion.text[state.text:]
-                    if state.text == 0 and state.tokens == 0 and body.echo:
-                        delta = self._prompt_text(output) + delta
-                    new_tokens = len(completion.token_ids) > state.tokens
-                    if not delta and not completion.finished and not new_tokens or state.finished:
-                        continue
+                    index = prompt_index * body.n + completion.index
+                    text = completion.text
+                    if index not in sent_chars and body.echo:
+                        text = self._prompt_text(output) + text
                     logprobs = None
                     if body.logprobs is not None:
-                        logprobs = self._logprobs(body, output, completion, state.tokens, state.text, echo=False)
-                    state.text, state.tokens = len(completion.text), len(completion.token_ids)
-                    state.finished = completion.finished
+                        logprobs = self._logprobs(body, output, completion, 0, sent_chars.get(index, 0), echo=False)
+                    sent_chars[index] = sent_chars.get(index, 0) + len(completion.text)
                     chunk = {"id": request_id, "object": "text_completion", "created": created,
                              "model": self.model_name,
-                             "choices": [{"index": index, "text": delta, "logprobs": logprobs,
+                             "choices": [{"index": index, "text": text, "logprobs": logprobs,
                                           "finish_reason": completion.finish_reason,
                                           "stop_reason": completion.stop_reason}]}
                     if include_usage:
@@ -112,7 +98,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     yield chunk
         if include_usage:
             yield {"id": request_id, "object": "text_completion", "created": created, "model": self.model_name,
-                   "choices": [], "usage": usage([finals[i] for i in sorted(finals)])}
+                   "choices": [], "usage": usage([latest[i] for i in sorted(latest)])}
 
     def _prompt_text(self, output: RequestOutput) -> str:
         return output.prompt if output.prompt is not None else self.tokenizer.decode(output.prompt_token_ids)

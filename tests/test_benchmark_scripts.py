@@ -47,3 +47,13 @@ def test_step_overhead_benchmark_reports_each_batch_size(tiny_model_factory, tmp
     assert [run["batch_size"] for run in runs] == [1, 4]
     for run in runs:  # the model's share is measured inside the step, so it can never exceed it
         assert 0 < run["model_ms_p50"] <= run["step_ms_p50"]
+
+
+def test_stream_cost_benchmark_measures_the_server_per_token(tmp_path):
+    out = tmp_path / "stream_cost.json"
+    _run("stream_cost", "--lengths", "8", "32", "--repeats", "1", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert [run["tokens"] for run in results["runs"]] == [8, 32]
+    assert [run["streams"] for run in results["runs"]] == [4, 1]
+    assert all(run["event_loop_cpu_ms_per_token"] > 0 for run in results["runs"])
+    assert results["event_loop_ratio_longest_over_shortest"] > 0

@@ -3,8 +3,8 @@ against this device's measured copy bandwidth and matmul rate.
 
     python -m benchmarks.kernels --out benchmarks/results/kernels.json --plot benchmarks/results/kernels.png
 
-On CUDA the ops dispatch to the Triton kernels; on a CPU to the torch references, with a
-small grid (a smoke run of the script, not a figure to compare).
+On CUDA the ops are the Triton kernels; on a CPU the torch references, with a small grid (a smoke
+run of the script, not a figure to compare).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-import kernels
+from kernels import kernel_set, resolve_kernels
 
 from .common import run_info
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.bfloat16 if CUDA else torch.float32
+OPS = kernel_set(resolve_kernels("auto", DEVICE))
 # A Llama-3-8B-like attention layer: 32 query heads over 8 KV heads of 128 dims.
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 
@@ -73,7 +74,7 @@ def paged_kv(batch: int, context: int):
 def bench_decode(batch: int, context: int) -> dict:
     k_cache, v_cache, tables, seq_lens = paged_kv(batch, context)
     q = torch.randn(batch, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
-    seconds = median_seconds(lambda: kernels.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, HEAD_DIM**-0.5))
+    seconds = median_seconds(lambda: OPS.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, HEAD_DIM**-0.5))
     element = k_cache.element_size()
     moved = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * element + 2 * q.numel() * element + tables.numel() * 4
     return {"kernel": "paged_attention_decode", "batch": batch, "context": context, "seconds": seconds,
@@ -85,7 +86,7 @@ def bench_prefill(batch: int, q_len: int) -> dict:
     q = torch.randn(batch * q_len, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
     cu = torch.arange(0, batch + 1, device=DEVICE, dtype=torch.int32) * q_len
     seconds = median_seconds(
-        lambda: kernels.paged_attention_prefill(q, k_cache, v_cache, tables, cu, seq_lens, HEAD_DIM**-0.5))
+        lambda: OPS.paged_attention_prefill(q, k_cache, v_cache, tables, cu, seq_lens, HEAD_DIM**-0.5))
     # Causal: row r attends r + 1 keys; two matmuls (QK^T and PV) of 2 flops per multiply-add.
     flops = 4 * batch * NUM_HEADS * HEAD_DIM * (q_len * (q_len + 1) / 2)
     return {"kernel": "paged_attention_prefill", "batch": batch, "context": q_len, "seconds": seconds,
@@ -97,7 +98,7 @@ def bench_store_kv(num_tokens: int) -> dict:
     k = torch.randn(num_tokens, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
     v = torch.randn_like(k)
     slots = torch.randperm(k_cache.shape[0] * BLOCK_SIZE, device=DEVICE)[:num_tokens]
-    seconds = median_seconds(lambda: kernels.store_kv(k, v, k_cache, v_cache, slots))
+    seconds = median_seconds(lambda: OPS.store_kv(k, v, k_cache, v_cache, slots))
     moved = 4 * k.numel() * k.element_size() + slots.numel() * 8
     return {"kernel": "store_kv", "batch": num_tokens, "context": 0, "seconds": seconds, "bytes": moved,
             "gb_per_s": moved / seconds / 1e9}
@@ -108,16 +109,16 @@ def bench_rows(name: str, rows: int, hidden: int = 4096) -> dict:
     element = x.element_size()
     if name == "rms_norm":
         residual, weight = torch.randn_like(x), torch.randn(hidden, device=DEVICE, dtype=DTYPE)
-        fn, moved = (lambda: kernels.rms_norm(x, weight, 1e-6, residual)), 4 * x.numel() * element
+        fn, moved = (lambda: OPS.rms_norm(x, weight, 1e-6, residual)), 4 * x.numel() * element
     elif name == "silu_and_mul":
-        fn, moved = (lambda: kernels.silu_and_mul(x)), 1.5 * x.numel() * element
+        fn, moved = (lambda: OPS.silu_and_mul(x)), 1.5 * x.numel() * element
     else:
         q = torch.randn(rows, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
         k = torch.randn(rows, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
         angles = torch.rand(8192, HEAD_DIM // 2, device=DEVICE)
         cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
         positions = torch.randint(0, 8192, (rows,), device=DEVICE)
-        fn, moved = (lambda: kernels.rotary_embedding(positions, q, k, cache)), 2 * (q.numel() + k.numel()) * element
+        fn, moved = (lambda: OPS.rotary_embedding(positions, q, k, cache)), 2 * (q.numel() + k.numel()) * element
     seconds = median_seconds(fn)
     return {"kernel": name, "batch": rows, "context": 0, "seconds": seconds, "bytes": moved,
             "gb_per_s": moved / seconds / 1e9}

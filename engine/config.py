@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from kernels import CHOICES as KERNEL_CHOICES
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -38,6 +40,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False  # no compiled decode step on the CPU, no CUDA graphs on CUDA
+    kernels: str | None = None  # "auto" (Triton on CUDA, torch elsewhere), "triton", "torch"; None: $ENGINE_KERNELS
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineConfig":
@@ -64,6 +67,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_gb must be positive, got {self.kv_cache_memory_gb}")
         if self.tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet; use 1")
+        if self.kernels is not None and self.kernels not in KERNEL_CHOICES:
+            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {self.kernels!r}")
         if self.quantization not in QUANTIZATION_CHOICES:
             raise ValueError(f"quantization must be None (read from the checkpoint), 'awq', 'gptq' or 'none' "
                              f"(compute with dequantized weights), got {self.quantization!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.dispatch import kernel_choice
+from kernels import kernel_set, resolve_kernels
 from scheduler import FinishReason, Request, Scheduler, SchedulerConfig, StopConditions
 
 from .config import EngineConfig, RuntimeInfo
@@ -68,7 +68,8 @@ class LLMEngine:
         max_model_len = _max_model_len(config, hf_config)
 
         started = time.monotonic()
-        compile_decode = device.type == "cpu" and not config.enforce_eager and kernel_choice() != "triton"
+        ops = kernel_set(resolve_kernels(config.kernels, device))
+        compile_decode = device.type == "cpu" and not config.enforce_eager and ops.name == "torch"
         if compile_decode:  # before loading: loading weights already settles torch's default cache folder
             use_compile_cache(cache_dir() / "inductor")
         self.tokenizer = load_tokenizer(source)
@@ -76,7 +77,7 @@ class LLMEngine:
         dequantize = config.quantization == "none"
         # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
         low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available()
-        self.runner = ModelRunner(source, hf_config, device, dtype, quant, low_bit=low_bit, dequantize=dequantize)
+        self.runner = ModelRunner(source, hf_config, device, dtype, ops, quant, low_bit=low_bit, dequantize=dequantize)
         spec = self.runner.model.spec
         block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.num_kv_heads, spec.head_dim, dtype)
         max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels import KernelSet
 from scheduler import SchedulerOutput
 
 from .compiled_decode import CompiledDecode
 from .cuda_graphs import DecodeGraphs
-from .forward_batch import DecodeMetadata, ForwardBatch
+from .forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch
 from .kv_cache import KVCache
 from .loader import ModelSource, iter_weights
 from .models.registry import build_model
@@ -35,18 +36,20 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype,
+    def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype, ops: KernelSet,
                  quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False) -> None:
-        """``low_bit``: keep the checkpoint's 4/8-bit weights in torch's CPU kernels for small steps;
-        ``dequantize``: compute AWQ/GPTQ layers on dense weights (always so on the CPU)."""
-        self.device, self.dtype = device, dtype
+        """``ops``: the kernel set the model runs; ``low_bit``: keep the checkpoint's 4/8-bit weights in
+        torch's CPU kernels for small steps; ``dequantize``: compute AWQ/GPTQ layers on dense weights
+        (always so on the CPU)."""
+        self.device, self.dtype, self.ops = device, dtype, ops
         with torch.device("meta"):  # no random init of weights that are overwritten at once
-            model = build_model(hf_config, quant)
+            model = build_model(hf_config, ops, quant)
         model = model.to(dtype).to_empty(device=device)
         model.load_weights(iter_weights(source), low_bit=low_bit, unpack_quantized=dequantize or device.type == "cpu")
         model.initialize_buffers(device)
         self.model = model.eval()
         self.kv_cache: KVCache | None = None
+        self.planner: AttentionPlanner | None = None
         self.decode_graphs: DecodeGraphs | None = None
         self.compiled_decode: CompiledDecode | None = None
 
@@ -54,6 +57,7 @@ class ModelRunner:
         spec = self.model.spec
         self.kv_cache = KVCache(spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
                                 self.dtype, self.device)
+        self.planner = AttentionPlanner(self.ops, block_size, spec.num_heads, spec.num_kv_heads)
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """On CUDA: record decode steps as graphs (after the KV cache exists; it is captured by address)."""
@@ -76,7 +80,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput, prompt_logprob_ids: set[str] = frozenset()) -> StepResult:
-        batch = ForwardBatch.build(output, self.kv_cache.block_size, self.device)
+        batch = ForwardBatch.build(output, self.planner, self.device)
         hidden = self.run_model(batch, graphs_allowed=not prompt_logprob_ids)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
         prompt_logits = {}

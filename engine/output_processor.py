@@ -107,7 +107,7 @@ class OutputProcessor:
 
     def add_forks(self, forked: list[Request]) -> None:
         for child in forked:
-            state, _ = self.sequences[child.request_id.rsplit("#", 1)[0]]
+            state, _ = self.sequences[child.parent_id]
             self._add_sequence(state, child, len(state.sequences))
 
     def record_prompt_logprobs(self, prompt_logits: dict[str, torch.Tensor], start_positions: dict[str, int]) -> None:

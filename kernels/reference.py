@@ -7,6 +7,8 @@ and slots past a sequence's length are masked, never read into a result.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -20,33 +22,6 @@ def store_kv(
     slots = slot_mapping[keep]
     k_cache.view(num_blocks * block_size, *k_cache.shape[2:])[slots] = k[keep]
     v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slots] = v[keep]
-
-
-class _PerStep:
-    """Every layer of a step passes the same metadata tensors: derive their layout once per step.
-
-    Keyed by the identity of those tensors (held, so their ids cannot be reused), which is what
-    saves ~10 small ops per layer of a decode step, where op overhead dominates at batch 1. Key
-    and value live in one tuple, read once, so engines stepping on two threads never see each
-    other's layout.
-    """
-
-    def __init__(self) -> None:
-        self.entry: tuple[tuple, object] = ((), None)
-
-    def get(self, key: tuple, compute):
-        """``key``: tensors (compared by identity) and plain numbers (by value)."""
-        last_key, value = self.entry
-        same = len(key) == len(last_key) and all(
-            a is b or (not isinstance(a, torch.Tensor) and a == b) for a, b in zip(key, last_key))
-        if not same:
-            value = compute()
-            self.entry = (key, value)
-        return value
-
-
-_decode_layout_memo = _PerStep()
-_prefill_layout_memo = _PerStep()
 
 
 def _slot_index(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, device) -> torch.Tensor:
@@ -86,6 +61,22 @@ def _attend(
     return out.reshape(num_seqs, num_heads, q_len, head_dim)
 
 
+@dataclass(frozen=True)
+class DecodeLayout:
+    """What every layer of a decode step derives alike from the metadata: build it once per step."""
+
+    slots: torch.Tensor  # int64 [num_seqs, max_len]: the cache slot of each position
+    mask: torch.Tensor  # bool [num_seqs, 1, 1, max_len]: positions inside the sequence
+
+
+def plan_decode(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, num_heads: int,
+                num_kv_heads: int) -> DecodeLayout:
+    """The layout ``paged_attention_decode`` takes as ``plan`` (the head counts: every set's planners take them)."""
+    slots = _slot_index(block_tables, seq_lens, block_size, seq_lens.device)
+    positions = torch.arange(slots.shape[1], device=seq_lens.device)
+    return DecodeLayout(slots, (positions[None, :] < seq_lens[:, None])[:, None, None, :])
+
+
 def paged_attention_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -93,21 +84,52 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    plan: DecodeLayout | None = None,
 ) -> torch.Tensor:
     """One query token per sequence (its last position) over that sequence's cached tokens.
 
-    q ``[num_seqs, num_heads, head_dim]`` -> ``[num_seqs, num_heads, head_dim]``.
+    q ``[num_seqs, num_heads, head_dim]`` -> ``[num_seqs, num_heads, head_dim]``. ``plan``: the step's
+    ``plan_decode``, which a model shares across its layers (~10 small ops a layer saved at batch 1).
     """
-
-    def layout():
-        slots = _slot_index(block_tables, seq_lens, k_cache.shape[1], q.device)
-        positions = torch.arange(slots.shape[1], device=q.device)
-        return slots, (positions[None, :] < seq_lens[:, None].to(q.device))[:, None, None, :]
-
-    slots, mask = _decode_layout_memo.get((block_tables, seq_lens, k_cache.shape[1]), layout)
-    keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
-    out = _attend(q.unsqueeze(2), keys, values, mask, scale)
+    if plan is None:
+        plan = plan_decode(block_tables, seq_lens.to(q.device), k_cache.shape[1], q.shape[1], k_cache.shape[2])
+    keys, values = _gather_kv(k_cache, plan.slots), _gather_kv(v_cache, plan.slots)
+    out = _attend(q.unsqueeze(2), keys, values, plan.mask, scale)
     return out.squeeze(2)
+
+
+@dataclass(frozen=True)
+class PrefillLayout:
+    """Where each flat query goes in the padded ``[num_seqs, max_q]`` grid, the K/V slots, and the causal
+    mask (rows repeated for the query heads that share a KV head, as ``_attend`` stacks them), or None
+    when no sequence has a cached prefix (then SDPA's ``is_causal`` needs none)."""
+
+    token_seq: torch.Tensor
+    token_row: torch.Tensor
+    max_q: int
+    slots: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def plan_prefill(block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
+                 num_heads: int, num_kv_heads: int) -> PrefillLayout:
+    """The layout ``paged_attention_prefill`` takes as ``plan``."""
+    device = seq_lens.device
+    num_seqs = seq_lens.shape[0]
+    q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+    max_q = int(q_lens.max())
+    max_len = int(seq_lens.max())
+    num_tokens = int(cu_seqlens_q[-1])
+    token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens)
+    token_row = torch.arange(num_tokens, device=device) - cu_seqlens_q[:-1][token_seq]
+    slots = _slot_index(block_tables, seq_lens, block_size, device)
+    if torch.equal(q_lens, seq_lens.to(q_lens.dtype)):
+        return PrefillLayout(token_seq, token_row, max_q, slots, None)
+    # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
+    q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
+    k_pos = torch.arange(max_len, device=device)
+    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
+    return PrefillLayout(token_seq, token_row, max_q, slots, mask[:, None].repeat(1, 1, num_heads // num_kv_heads, 1))
 
 
 def paged_attention_prefill(
@@ -118,6 +140,7 @@ def paged_attention_prefill(
     cu_seqlens_q: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    plan: PrefillLayout | None = None,
 ) -> torch.Tensor:
     """Causal attention for a ragged batch of query chunks, through the block table.
 
@@ -127,43 +150,21 @@ def paged_attention_prefill(
     When no sequence has a cached prefix (every query chunk is the whole sequence), the padded
     grid is plainly causal: SDPA's ``is_causal`` needs no mask and skips the upper triangle
     (a valid query row only sees keys at or before it, never a shorter sequence's padding).
+    ``plan``: the step's ``plan_prefill``, shared across a model's layers.
     """
-    group = q.shape[1] // k_cache.shape[2]
-    layout = _prefill_layout_memo.get((block_tables, cu_seqlens_q, seq_lens, k_cache.shape[1], q.shape[0], group),
-                                      lambda: _prefill_layout(block_tables, cu_seqlens_q, seq_lens, k_cache.shape[1],
-                                                              q.shape[0], group, q.device))
-    token_seq, token_row, max_q, slots, mask = layout
+    if plan is None:
+        plan = plan_prefill(block_tables, cu_seqlens_q.to(q.device), seq_lens.to(q.device), k_cache.shape[1],
+                            q.shape[1], k_cache.shape[2])
     # Scatter the flat queries into a padded [num_seqs, max_q] grid.
-    padded = q.new_zeros(seq_lens.shape[0], max_q, *q.shape[1:])
-    padded[token_seq, token_row] = q
-    keys, values = _gather_kv(k_cache, slots), _gather_kv(v_cache, slots)
-    if mask is None:
+    padded = q.new_zeros(seq_lens.shape[0], plan.max_q, *q.shape[1:])
+    padded[plan.token_seq, plan.token_row] = q
+    keys, values = _gather_kv(k_cache, plan.slots), _gather_kv(v_cache, plan.slots)
+    if plan.mask is None:
         out = F.scaled_dot_product_attention(padded.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
                                              is_causal=True, scale=scale, enable_gqa=True)
     else:
-        out = _attend(padded.transpose(1, 2), keys, values, mask, scale)
-    return out.transpose(1, 2)[token_seq, token_row]
-
-
-def _prefill_layout(block_tables, cu_seqlens_q, seq_lens, block_size: int, num_tokens: int, group: int, device):
-    """Where each flat query goes in the padded grid, the K/V slots, and the causal mask (its rows
-    repeated for the ``group`` query heads that share a KV head, as ``_attend`` stacks them), or
-    None when no sequence has a cached prefix."""
-    num_seqs = seq_lens.shape[0]
-    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(device)
-    max_q = int(q_lens.max())
-    max_len = int(seq_lens.max())
-    seq_lens = seq_lens.to(device)
-    token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens)
-    token_row = torch.arange(num_tokens, device=device) - cu_seqlens_q[:-1].to(device)[token_seq]
-    slots = _slot_index(block_tables, seq_lens, block_size, device)
-    if torch.equal(q_lens, seq_lens.to(q_lens.dtype)):
-        return token_seq, token_row, max_q, slots, None
-    # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
-    q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
-    k_pos = torch.arange(max_len, device=device)
-    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
-    return token_seq, token_row, max_q, slots, mask[:, None].repeat(1, 1, group, 1)
+        out = _attend(padded.transpose(1, 2), keys, values, plan.mask, scale)
+    return out.transpose(1, 2)[plan.token_seq, plan.token_row]
 
 
 def rms_norm(

@@ -57,6 +57,7 @@ class Request:
     # n > 1: ids of the sequences this one forks into when its prompt is done. They share the
     # prompt's KV blocks and each draws its own first token from the same logits.
     fork_ids: list[str] = field(default_factory=list)
+    parent_id: str | None = None  # a fork: the sequence whose prompt it shares
 
     @property
     def num_prompt_tokens(self) -> int:

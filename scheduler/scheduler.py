@@ -205,6 +205,7 @@ class Scheduler:
                 child_id, parent.prompt_token_ids, parent.stop, arrival_time=parent.arrival_time,
                 output_token_ids=[*parent.output_token_ids, token_id],
                 num_computed_tokens=parent.num_computed_tokens, status=RequestStatus.RUNNING,
+                parent_id=parent.request_id,
             )
             copy = self.block_manager.fork(parent.request_id, child_id, parent.num_computed_tokens)
             if copy is not None:

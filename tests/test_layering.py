@@ -123,3 +123,29 @@ def test_ci_runs_the_readme_test_command():
     commands = [block.split("\n```")[0].strip() for block in blocks]
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in ci
+
+
+def _module_state(path: Path) -> list[str]:
+    """Module-level names bound to anything but an UPPER_CASE constant, and ``global`` statements."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = [f"global {', '.join(node.names)}" for node in ast.walk(tree) if isinstance(node, ast.Global)]
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name) and name.id != "__all__" and not name.id.lstrip("_").isupper():
+                    found.append(name.id)
+    return found
+
+
+def test_kernels_keep_no_module_state():
+    """Per-step data travels with the step (the ForwardBatch's plans), never in a module of kernels/:
+    engines on two threads, or two engines in a process, cannot see each other's."""
+    for file in sorted((ROOT / "kernels").rglob("*.py")):
+        assert not _module_state(file), f"{file.relative_to(ROOT)} keeps module state: {_module_state(file)}"
+
+
+def test_the_state_check_catches_a_memo(tmp_path):
+    planted = tmp_path / "memo.py"
+    planted.write_text("class Memo:\n    pass\n\n_layout_memo = Memo()\nBLOCK = 16\n\ndef f():\n    global BLOCK\n")
+    assert _module_state(planted) == ["global BLOCK", "_layout_memo"]

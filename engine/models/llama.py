@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-import kernels
+from kernels import KernelSet
 
 from ..forward_batch import AttentionMetadata, DecodeMetadata
 from ..layers.attention import paged_attention
@@ -64,34 +64,35 @@ class DecoderSpec:
 
 
 def make_linear(spec: DecoderSpec, in_features: int, output_sizes: tuple[int, ...], bias: bool,
-                hf_prefix: str) -> nn.Module:
+                hf_prefix: str, ops: KernelSet) -> nn.Module:
     """A dense (maybe low-bit backed) linear layer, or a packed one where an AWQ/GPTQ checkpoint quantized it."""
     if spec.quant is not None and spec.quant.is_quantized(hf_prefix):
-        return QuantLinear(in_features, sum(output_sizes), bias, spec.quant)
+        return QuantLinear(in_features, sum(output_sizes), bias, spec.quant, ops)
     return Linear(in_features, sum(output_sizes), bias, output_sizes)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
+    def __init__(self, size: int, eps: float, ops: KernelSet) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
-        self.eps = eps
+        self.eps, self.ops = eps, ops
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        return kernels.rms_norm(x, self.weight, self.eps, residual)
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: DecoderSpec, prefix: str) -> None:
+    def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
+        self.ops = ops
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.q_size = spec.num_heads * spec.head_dim
         self.kv_size = spec.num_kv_heads * spec.head_dim
         self.qkv_proj = make_linear(spec, spec.hidden_size, (self.q_size, self.kv_size, self.kv_size), spec.qkv_bias,
-                                    f"{prefix}.q_proj")
-        self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj")
-        self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
-        self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
+                                    f"{prefix}.q_proj", ops)
+        self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj", ops)
+        self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
+        self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
         self.scale = spec.head_dim**-0.5
 
     def forward(self, hidden: torch.Tensor, step: "Step", kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -101,20 +102,22 @@ class Attention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = kernels.rotary_embedding(step.positions, q, k, step.cos_sin_cache, True)
-        out = paged_attention(q, k, v, *kv_cache, step.attention, self.scale)
+        q, k = self.ops.rotary_embedding(step.positions, q, k, step.cos_sin_cache, True)
+        out = paged_attention(q, k, v, *kv_cache, step.attention, self.scale, self.ops)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: DecoderSpec, prefix: str) -> None:
+    def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
         self.gate_up_proj = make_linear(spec, spec.hidden_size, (spec.intermediate_size,) * 2, False,
-                                        f"{prefix}.gate_proj")
-        self.down_proj = make_linear(spec, spec.intermediate_size, (spec.hidden_size,), False, f"{prefix}.down_proj")
+                                        f"{prefix}.gate_proj", ops)
+        self.down_proj = make_linear(spec, spec.intermediate_size, (spec.hidden_size,), False, f"{prefix}.down_proj",
+                                     ops)
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 @dataclass
@@ -129,12 +132,12 @@ class Step:
 class DecoderLayer(nn.Module):
     """Pre-norm block; the residual stream is carried beside the hidden states so each norm adds it in."""
 
-    def __init__(self, spec: DecoderSpec, index: int) -> None:
+    def __init__(self, spec: DecoderSpec, index: int, ops: KernelSet) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.self_attn = Attention(spec, f"model.layers.{index}.self_attn")
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.mlp = MLP(spec, f"model.layers.{index}.mlp")
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
+        self.self_attn = Attention(spec, f"model.layers.{index}.self_attn", ops)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
+        self.mlp = MLP(spec, f"model.layers.{index}.mlp", ops)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, step: Step,
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,12 +151,12 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, spec: DecoderSpec) -> None:
+    def __init__(self, spec: DecoderSpec, ops: KernelSet) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(DecoderLayer(spec, index) for index in range(spec.num_layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(spec, index, ops) for index in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
 
     def forward(self, input_ids: torch.Tensor, step: Step, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         hidden, residual = self.embed_tokens(input_ids), None
@@ -173,10 +176,12 @@ _STACKED = {
 
 
 class DecoderForCausalLM(nn.Module):
-    def __init__(self, hf_config, qkv_bias: bool = False, qk_norm: bool = False, quant: QuantFormat | None = None) -> None:
+    def __init__(self, hf_config, ops: KernelSet, qkv_bias: bool = False, qk_norm: bool = False,
+                 quant: QuantFormat | None = None) -> None:
+        """``ops``: the kernel set every layer runs, chosen once for the engine."""
         super().__init__()
         self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm, quant)
-        self.model = DecoderModel(spec)
+        self.model = DecoderModel(spec, ops)
         # tied: the lm_head shares the embedding's dense weight (set by load_weights) and gets its own low-bit kernel
         self.lm_head = Linear(spec.hidden_size, spec.vocab_size)
         self._hf_config = hf_config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from kernels import KernelSet
+
 from ..quant.format import QuantFormat
 from .llama import DecoderForCausalLM
 
@@ -18,7 +20,7 @@ _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "q
                 "qwen3": "Qwen3ForCausalLM"}
 
 
-def build_model(hf_config, quant: QuantFormat | None = None) -> nn.Module:
+def build_model(hf_config, ops: KernelSet, quant: QuantFormat | None = None) -> nn.Module:
     names = list(getattr(hf_config, "architectures", None) or [])
     names.append(_MODEL_TYPES.get(hf_config.model_type, hf_config.model_type))  # GGUF configs list none
     for name in names:
@@ -26,6 +28,7 @@ def build_model(hf_config, quant: QuantFormat | None = None) -> nn.Module:
             flags = _ARCHITECTURES[name]
             return DecoderForCausalLM(
                 hf_config,
+                ops,
                 qkv_bias=flags.get("qkv_bias", bool(getattr(hf_config, "attention_bias", False))),
                 qk_norm=flags.get("qk_norm", False),
                 quant=quant,

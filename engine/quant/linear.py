@@ -1,4 +1,4 @@
-"""A linear layer over AWQ/GPTQ packed weights, computing through ``kernels.w4a16_gemm``.
+"""A linear layer over AWQ/GPTQ packed weights, computing through the kernel set's ``w4a16_gemm``.
 
 Fused projections (q/k/v, gate/up) concatenate their parts along the output dimension; the
 packed tensors' output-dimension stride differs per tensor, which ``shard`` accounts for.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import kernels
+from kernels import KernelSet, reference
 from kernels.quant_pack import pack_cols, unpack_cols, unpack_layer
 
 from ..layers.linear import Linear
@@ -22,8 +22,9 @@ from .lowbit import int4_groups_from_packed, low_bit_matmul
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantFormat) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantFormat, ops: KernelSet) -> None:
         super().__init__()
+        self.ops = ops
         k, n, pf = in_features, out_features, config.pack_factor
         group_size = k if config.group_size == -1 else config.group_size
         if k % group_size or n % pf or (config.method == "gptq" and k % pf):
@@ -66,8 +67,8 @@ class QuantLinear(nn.Module):
     @torch.no_grad()
     def to_linear(self, low_bit: bool) -> Linear:
         """The dense layer of the same weights; ``low_bit``: with the int4 kernel where it can hold the codes."""
-        weight = kernels.reference.dequantize_w4(self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
-                                                 self.config.method)
+        weight = reference.dequantize_w4(self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
+                                          self.config.method)
         linear = Linear(self.in_features, self.out_features, self.bias is not None).to(self.scales.dtype)
         linear.weight.data.copy_(weight.T)
         if self.bias is not None:
@@ -80,6 +81,6 @@ class QuantLinear(nn.Module):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = kernels.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
-                                 self.config.method)
+        out = self.ops.w4a16_gemm(x, self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
+                                  self.config.method)
         return out if self.bias is None else out + self.bias

@@ -115,8 +115,14 @@ def decode_split_tokens(max_len: int, num_seqs: int, num_kv_heads: int) -> int:
     return max(BLOCK_N, triton.next_power_of_2(per_split))
 
 
-def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, *, split_tokens=None, out=None):
-    """``out`` (optional) receives the result: tests pass a NaN-poisoned buffer."""
+def plan_decode_triton(block_tables, seq_lens, block_size: int, num_heads: int, num_kv_heads: int) -> int:
+    """The step's tokens per split, the decode kernel's ``plan``."""
+    return decode_split_tokens(block_tables.shape[1] * block_size, seq_lens.shape[0], num_kv_heads)
+
+
+def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, plan=None, *, out=None):
+    """``plan``: tokens per split (``plan_decode_triton``; tests vary it). ``out`` (optional) receives the
+    result: tests pass a NaN-poisoned buffer."""
     num_seqs, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and q.stride(2) == 1
@@ -127,7 +133,7 @@ def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, s
     group = num_heads // num_kv_heads
     head_pad = max(MIN_DOT, triton.next_power_of_2(head_dim))
     max_len = block_tables.shape[1] * block_size
-    split_tokens = split_tokens or decode_split_tokens(max_len, num_seqs, num_kv_heads)
+    split_tokens = plan or decode_split_tokens(max_len, num_seqs, num_kv_heads)
     num_splits = triton.cdiv(max_len, split_tokens)
     acc = torch.empty((num_seqs, num_heads, num_splits, head_pad), dtype=torch.float32, device=q.device)
     maxes = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
@@ -200,7 +206,14 @@ def _prefill_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
 
-def paged_attention_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, *, out=None):
+def plan_prefill_triton(block_tables, cu_seqlens_q, seq_lens, block_size: int, num_heads: int, num_kv_heads: int) -> int:
+    """The step's longest query chunk, the prefill kernel's ``plan``: one device sync a step, not one a layer."""
+    return int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+
+
+def paged_attention_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=None, *,
+                                   out=None):
+    """``plan``: the longest query chunk (``plan_prefill_triton``)."""
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and q.stride(2) == 1
@@ -209,7 +222,7 @@ def paged_attention_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens
     num_seqs = seq_lens.shape[0]
     if num_tokens == 0:
         return out
-    max_q_len = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+    max_q_len = plan or plan_prefill_triton(block_tables, cu_seqlens_q, seq_lens, block_size, num_heads, num_kv_heads)
     grid = (triton.cdiv(max_q_len, PREFILL_BLOCK_M), num_seqs, num_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, out,

@@ -14,8 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import reference
+from kernels import OPS, kernel_set, reference, resolve_kernels
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # The interpreter computes with numpy, which has no bfloat16: bf16 runs on CUDA only.
@@ -25,8 +24,9 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "c
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 EXAMPLES = 12 if DEVICE.type == "cpu" else 60
 
-TESTED_OPS = {"store_kv", "paged_attention_decode", "paged_attention_prefill", "rms_norm", "rotary_embedding",
-              "silu_and_mul", "w4a16_gemm"}
+TESTED_OPS = {"store_kv", "paged_attention_decode", "paged_attention_prefill", "plan_decode", "plan_prefill",
+              "rms_norm", "rotary_embedding", "silu_and_mul", "w4a16_gemm"}
+TRITON = kernel_set("triton")
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -38,7 +38,7 @@ def nan_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_every_exported_kernel_is_tested_here():
-    assert set(kernels.__all__) == TESTED_OPS
+    assert set(OPS) == TESTED_OPS
 
 
 def paged_cache(seq_lens, block_size, num_kv_heads, head_dim, dtype, gen):
@@ -84,9 +84,10 @@ def test_paged_attention_decode(shape, seq_lens, split_tokens):
     q = torch.randn(len(seq_lens), heads, head_dim, generator=gen).to(dtype).to(DEVICE)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     out = nan_like(q)
-    kernels.paged_attention_decode.triton(q, k_cache, v_cache, table, lens, head_dim**-0.5, split_tokens=split_tokens,
-                                          out=out)
-    want = kernels.paged_attention_decode.reference(q.float(), k_cache.float(), v_cache.float(), table, lens,
+    # None: the plan the engine builds once per step
+    plan = split_tokens or TRITON.plan_decode(table, lens, shape["block_size"], heads, shape["num_kv_heads"])
+    TRITON.paged_attention_decode(q, k_cache, v_cache, table, lens, head_dim**-0.5, plan, out=out)
+    want = reference.paged_attention_decode(q.float(), k_cache.float(), v_cache.float(), table, lens,
                                                     head_dim**-0.5)
     assert relative_error(out, want) < TOLERANCE[dtype]
 
@@ -104,8 +105,10 @@ def test_paged_attention_prefill(shape, seq_lens, data):
     cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     out = nan_like(q)
-    kernels.paged_attention_prefill.triton(q, k_cache, v_cache, table, cu, lens, head_dim**-0.5, out=out)
-    want = kernels.paged_attention_prefill.reference(q.float(), k_cache.float(), v_cache.float(), table, cu, lens,
+    plan = TRITON.plan_prefill(table, cu, lens, shape["block_size"], heads, shape["num_kv_heads"])
+    assert plan == max(q_lens)
+    TRITON.paged_attention_prefill(q, k_cache, v_cache, table, cu, lens, head_dim**-0.5, plan, out=out)
+    want = reference.paged_attention_prefill(q.float(), k_cache.float(), v_cache.float(), table, cu, lens,
                                                      head_dim**-0.5)
     assert relative_error(out, want) < TOLERANCE[dtype]
 
@@ -123,8 +126,8 @@ def test_store_kv_writes_only_its_slots(num_tokens, num_kv_heads, head_dim, dtyp
     v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(dtype).to(DEVICE)
     caches = [torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
               for _ in range(4)]
-    kernels.store_kv.triton(k, v, caches[0], caches[1], slots.to(DEVICE))
-    kernels.store_kv.reference(k, v, caches[2], caches[3], slots.to(DEVICE))
+    TRITON.store_kv(k, v, caches[0], caches[1], slots.to(DEVICE))
+    reference.store_kv(k, v, caches[2], caches[3], slots.to(DEVICE))
     assert torch.equal(caches[0].nan_to_num(7.0), caches[2].nan_to_num(7.0))  # the same slots, the same bits
     assert torch.equal(caches[1].nan_to_num(7.0), caches[3].nan_to_num(7.0))
 
@@ -138,8 +141,8 @@ def test_rms_norm(rows, hidden, with_residual, dtype, seed):
                            for shape in ((rows, hidden), (hidden,), (rows, hidden)))
     residual = residual if with_residual else None
     buffers = tuple(nan_like(x) for _ in range(1 + with_residual))
-    got = kernels.rms_norm.triton(x, weight, 1e-6, residual, out=buffers)
-    want = kernels.rms_norm.reference(x, weight, 1e-6, residual)
+    got = TRITON.rms_norm(x, weight, 1e-6, residual, out=buffers)
+    want = reference.rms_norm(x, weight, 1e-6, residual)
     got, want = (got, want) if with_residual else ((got,), (want,))
     for g, w in zip(got, want):
         assert relative_error(g, w) < TOLERANCE[dtype]
@@ -157,8 +160,8 @@ def test_rotary_embedding(num_tokens, heads, head_dim, rotary_fraction, is_neox,
     positions = torch.randint(0, 64, (num_tokens,), generator=gen).to(DEVICE)
     q = torch.randn(num_tokens, heads[0], head_dim, generator=gen).to(dtype).to(DEVICE)
     k = torch.randn(num_tokens, heads[1], head_dim, generator=gen).to(dtype).to(DEVICE)
-    got = kernels.rotary_embedding.triton(positions, q, k, cache, is_neox, out=(nan_like(q), nan_like(k)))
-    want = kernels.rotary_embedding.reference(positions, q, k, cache, is_neox)
+    got = TRITON.rotary_embedding(positions, q, k, cache, is_neox, out=(nan_like(q), nan_like(k)))
+    want = reference.rotary_embedding(positions, q, k, cache, is_neox)
     for g, w in zip(got, want):
         assert relative_error(g, w) < TOLERANCE[dtype]
 
@@ -169,8 +172,8 @@ def test_rotary_embedding(num_tokens, heads, head_dim, rotary_fraction, is_neox,
 def test_silu_and_mul(rows, d, dtype, seed):
     x = torch.randn(rows, 2 * d, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE)
     out = torch.full((rows, d), float("nan"), dtype=dtype, device=DEVICE)
-    got = kernels.silu_and_mul.triton(x, out=out)
-    assert relative_error(got, kernels.silu_and_mul.reference(x)) < TOLERANCE[dtype]
+    got = TRITON.silu_and_mul(x, out=out)
+    assert relative_error(got, reference.silu_and_mul(x)) < TOLERANCE[dtype]
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -194,19 +197,21 @@ def test_w4a16_gemm(fmt, rows, k_groups, group_size, n, act_order, dtype, seed):
     x = torch.randn(rows, k, generator=gen).to(dtype).to(DEVICE)
     out = torch.full((rows, n), float("nan"), dtype=dtype, device=DEVICE)
     kind = "awq" if fmt == "awq" else "gptq"
-    got = kernels.w4a16_gemm.triton(x, *packed, group_size, kind, out=out)
-    want = kernels.w4a16_gemm.reference(x.float(), *packed, group_size, kind)
+    got = TRITON.w4a16_gemm(x, *packed, group_size, kind, out=out)
+    want = reference.w4a16_gemm(x.float(), *packed, group_size, kind)
     assert relative_error(got, want) < TOLERANCE[dtype]
 
 
-def test_the_dispatcher_follows_engine_kernels(monkeypatch):
-    from kernels.dispatch import dispatch
-
-    op = dispatch(torch.abs, "torch:neg")  # stand-ins: "reference" abs, "Triton" neg
-    x = torch.tensor([-2.0, 3.0])
-    for choice, want in (("torch", [2.0, 3.0]), ("triton", [2.0, -3.0]), ("auto", [2.0, 3.0])):
-        monkeypatch.setenv("ENGINE_KERNELS", choice)
-        assert op(x).tolist() == want, choice  # auto: CPU tensors take the reference
+def test_the_kernel_choice_resolves_once_to_a_set(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [resolve_kernels(c, cpu) for c in ("auto", "torch", "triton")] == ["torch", "torch", "triton"]
+    assert resolve_kernels("auto", cuda) == "triton"
+    monkeypatch.setenv("ENGINE_KERNELS", "triton")
+    assert resolve_kernels(None, cpu) == "triton"  # the environment only where the config leaves it open
+    assert resolve_kernels("torch", cpu) == "torch"
     monkeypatch.setenv("ENGINE_KERNELS", "bogus")
     with pytest.raises(ValueError, match="ENGINE_KERNELS"):
-        op(x)
+        resolve_kernels(None, cpu)
+    torch_set = kernel_set("torch")
+    assert torch_set.paged_attention_decode is reference.paged_attention_decode
+    assert all(getattr(TRITON, op).__module__.startswith("kernels.triton.") for op in OPS)

@@ -136,7 +136,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if "/" in name:
         raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
     options = ServerOptions(served_model_name=name, api_key=args.api_key, allowed_origins=args.allowed_origins,
-                            allow_credentials=args.allow_credentials, max_n=config.max_num_seqs)
+                            allow_credentials=args.allow_credentials)
     # On SIGTERM let streams run to their end; uvicorn cancels what is left after the timeout,
     # and cancelled streams abort their requests.
     AppStatus.disable_automatic_graceful_drain()

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import EngineDeadError, InvalidSamplingParam
+from engine import EngineDeadError, InvalidSamplingParam, RequestRejected
 
 from .disconnect import ClientDisconnected
 
@@ -45,6 +45,8 @@ def as_api_error(err: BaseException) -> APIError:
         return APIError(str(err), status=503)
     if isinstance(err, InvalidSamplingParam):
         return APIError(str(err), param=err.field)
+    if isinstance(err, RequestRejected):  # past the engine's limits (context, n)
+        return APIError(str(err), param=err.field, code=err.code)
     if isinstance(err, ValueError):  # the engine's validation, e.g. a prompt longer than the context
         return APIError(str(err))
     return APIError(f"internal error: {err}", status=500)

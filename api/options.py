@@ -13,4 +13,3 @@ class ServerOptions:
     allow_credentials: bool = False
     allowed_methods: list[str] = field(default_factory=lambda: ["*"])
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
-    max_n: int = 128  # the largest n a request may ask for

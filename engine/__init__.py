@@ -5,6 +5,8 @@
 
 import logging
 
+from scheduler import RequestRejected
+
 from .async_engine import AsyncLLMEngine, EngineDeadError
 from .config import EngineConfig
 from .llm import LLM, InvalidPromptError
@@ -23,6 +25,7 @@ __all__ = [
     "InvalidPromptError",
     "InvalidSamplingParam",
     "RequestOutputKind",
+    "RequestRejected",
     "LLM",
     "LLMEngine",
     "RequestMetrics",

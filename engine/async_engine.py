@@ -93,6 +93,10 @@ class AsyncLLMEngine:
         """Each token's own text and bytes (cached), as logprobs report them."""
         return self.engine.output_processor.token_bytes
 
+    def check_request(self, num_prompt_tokens: int, n: int = 1, max_new_tokens: int | None = None) -> None:
+        """See ``LLMEngine.check_request``: the limits, checked on the caller's thread."""
+        self.engine.check_request(num_prompt_tokens, n, max_new_tokens)
+
     def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
         """The model's chat template applied to ``messages``: its text and token ids, not length-checked.
         Runs on the caller's thread (tokenizing reads only the tokenizer)."""

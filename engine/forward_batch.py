@@ -35,6 +35,15 @@ class AttentionPlanner:
                                      self.num_kv_heads)
 
 
+@dataclass(frozen=True)
+class SampledRows:
+    """The rows of the step's logits one scheduled request draws from, in sequence order: the
+    request itself, then (at a prompt's last step with n > 1) each fork it splits into."""
+
+    request_id: str
+    rows: range
+
+
 @dataclass
 class DecodeMetadata:
     slot_mapping: torch.Tensor  # int64 [num_seqs]
@@ -65,7 +74,7 @@ class ForwardBatch:
     positions: torch.Tensor  # int64 [num_tokens]
     attention: AttentionMetadata | DecodeMetadata
     logits_indices: torch.Tensor  # int64 [num_rows]: last token of each sampling request, once per sample
-    sampled: list[tuple[str, int]]  # (request_id, num_samples), in the order of logits_indices
+    sampled: list[SampledRows]  # in the order of logits_indices
     token_offsets: dict[str, int]  # where each request's tokens start in the flattened batch
 
     @classmethod
@@ -78,7 +87,7 @@ class ForwardBatch:
         positions: list[int] = []
         slots: list[int] = []
         logits_indices: list[int] = []
-        sampled: list[tuple[str, int]] = []
+        sampled: list[SampledRows] = []
         offsets: dict[str, int] = {}
         block_size = planner.block_size
         for item in ordered:
@@ -89,8 +98,9 @@ class ForwardBatch:
                 slots.append(table[pos // block_size] * block_size + pos % block_size)
             input_ids.extend(item.token_ids)
             if item.sample:
+                first_row = len(logits_indices)
                 logits_indices.extend([len(input_ids) - 1] * item.num_samples)
-                sampled.append((item.request_id, item.num_samples))
+                sampled.append(SampledRows(item.request_id, range(first_row, len(logits_indices))))
 
         def tensor(values, dtype=torch.int64):
             return torch.tensor(values, dtype=dtype, device=device)

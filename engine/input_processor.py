@@ -11,13 +11,13 @@ PromptType = Union[str, dict[str, Any]]
 
 
 class InputProcessor:
-    def __init__(self, tokenizer, max_model_len: int, vocab_size: int) -> None:
+    def __init__(self, tokenizer, vocab_size: int) -> None:
         self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
         self.vocab_size = vocab_size
 
     def process(self, prompt: PromptType) -> tuple[str | None, list[int]]:
-        """(prompt text if any, token ids); ``ValueError`` for an empty, too long or malformed prompt."""
+        """(prompt text if any, token ids); ``ValueError`` for an empty or malformed prompt (its length is
+        the engine's ``check_request``)."""
         if isinstance(prompt, str):
             text, token_ids = prompt, self.tokenizer.encode(prompt)
         elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
@@ -35,11 +35,6 @@ class InputProcessor:
             raise ValueError(f"prompt_token_ids holds {bad[0]!r}, outside the vocabulary [0, {self.vocab_size})")
         if not token_ids:
             raise ValueError("the prompt is empty: it must hold at least one token")
-        if len(token_ids) > self.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(token_ids)} tokens, longer than the model's context "
-                f"max_model_len={self.max_model_len}"
-            )
 
     def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
         """The chat template's text and its tokens, not yet length-checked."""

@@ -104,7 +104,7 @@ class LLMEngine:
 
         self.vocab_size = spec.vocab_size
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.input_processor = InputProcessor(self.tokenizer, max_model_len, spec.vocab_size)
+        self.input_processor = InputProcessor(self.tokenizer, spec.vocab_size)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_id)
         self.sampler = Sampler(config.seed, device)
         self._num_prefill_tokens = 0
@@ -129,8 +129,7 @@ class LLMEngine:
         bad_bias = [t for t in (params.logit_bias or {}) if t >= self.vocab_size]
         if bad_bias:
             raise ValueError(f"logit_bias names token {bad_bias[0]}, outside the vocabulary [0, {self.vocab_size})")
-        if params.n > self.config.max_num_seqs:
-            raise ValueError(f"n={params.n} is more than max_num_seqs={self.config.max_num_seqs}")
+        self.check_request(len(prompt_token_ids), params.n)
         stop = StopConditions(
             max_tokens=params.max_tokens,
             min_tokens=params.min_tokens,
@@ -148,6 +147,12 @@ class LLMEngine:
         state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators)
         return PreparedRequest(request, state)
 
+    def check_request(self, num_prompt_tokens: int, n: int = 1, max_new_tokens: int | None = None) -> None:
+        """``RequestRejected`` (a ``ValueError`` naming the field) for a request these limits could never run:
+        the prompt (plus ``max_new_tokens`` if given) against the context, ``n`` against the seats and blocks.
+        Reads only frozen configuration: safe from any thread."""
+        self.scheduler.config.check_request(num_prompt_tokens, n, max_new_tokens)
+
     def add_prepared(self, prepared: PreparedRequest) -> None:
         self.scheduler.add(prepared.request)
         self.output_processor.add(prepared.state, prepared.request)
@@ -162,10 +167,7 @@ class LLMEngine:
             starts = {item.request_id: item.start_pos for item in scheduled.scheduled}
             self.output_processor.record_prompt_logprobs(result.prompt_logits, starts)
         sample = self.sampler(result.logits, self.output_processor.sampling_rows(result.sampled))
-        token_ids, row = {}, 0
-        for seq_id, count in result.sampled:
-            token_ids[seq_id] = sample.token_ids[row : row + count]
-            row += count
+        token_ids = {owner.request_id: [sample.token_ids[row] for row in owner.rows] for owner in result.sampled}
         self._num_prefill_tokens += sum(item.num_tokens for item in scheduled.scheduled if item.num_tokens > 1)
         self._num_generated_tokens += len(sample.token_ids)
         update = self.scheduler.update(scheduled, token_ids)

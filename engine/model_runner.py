@@ -12,7 +12,7 @@ from scheduler import SchedulerOutput
 
 from .compiled_decode import CompiledDecode
 from .cuda_graphs import DecodeGraphs
-from .forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch
+from .forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch, SampledRows
 from .kv_cache import KVCache
 from .loader import ModelSource, iter_weights
 from .models.registry import build_model
@@ -25,12 +25,12 @@ logger = logging.getLogger(__name__)
 class StepResult:
     """The logits the step produced.
 
-    ``logits`` has one row per sample: request ``sampled[i][0]`` owns ``sampled[i][1]``
-    consecutive rows. ``prompt_logits[request_id]`` holds the logits at each position the step
-    computed for that request, for prompt log-probabilities.
+    ``logits`` has one row per sample, owned as ``sampled`` says. ``prompt_logits[request_id]``
+    holds the logits at each position the step computed for that request, for prompt
+    log-probabilities.
     """
 
-    sampled: list[tuple[str, int]]
+    sampled: list[SampledRows]
     logits: torch.Tensor  # fp32 [num_rows, vocab]
     prompt_logits: dict[str, torch.Tensor]
 

@@ -16,6 +16,7 @@ import torch
 from scheduler import FinishReason, Request
 
 from .detokenizer import IncrementalDetokenizer
+from .forward_batch import SampledRows
 from .outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from .sampler import SamplerOutput, SamplingRow
 from .sampling_params import RequestOutputKind, SamplingParams
@@ -93,16 +94,15 @@ class OutputProcessor:
     def prompt_logprob_ids(self) -> set[str]:
         return {s.request_id for s in self.requests.values() if s.needs_prompt_logprobs()}
 
-    def sampling_rows(self, sampled: list[tuple[str, int]]) -> list[SamplingRow]:
+    def sampling_rows(self, sampled: list[SampledRows]) -> list[SamplingRow]:
         """The sampler's rows for a step: one per sample, forks of a group drawing with their own generators."""
         rows = []
-        for seq_id, count in sampled:
-            state, seq = self.sequences[seq_id]
-            for offset in range(count):
-                index = seq.index + offset
-                outputs = seq.request.output_token_ids if offset == 0 else []
-                rows.append(SamplingRow(state.params, state.generators[index], state.prompt_token_ids, outputs,
-                                        self.eos_token_id))
+        for owner in sampled:
+            state, seq = self.sequences[owner.request_id]
+            for offset in range(len(owner.rows)):
+                outputs = seq.request.output_token_ids if offset == 0 else []  # a fork has no output yet
+                rows.append(SamplingRow(state.params, state.generators[seq.index + offset], state.prompt_token_ids,
+                                        outputs, self.eos_token_id))
         return rows
 
     def add_forks(self, forked: list[Request]) -> None:
@@ -130,7 +130,7 @@ class OutputProcessor:
                     None if top is None else top.indices[row], None if top is None else top.values[row],
                 ))
 
-    def process(self, sampled: list[tuple[str, int]], tokens: SamplerOutput) -> tuple[list[RequestOutput], list[tuple[str, str]]]:
+    def process(self, sampled: list[SampledRows], tokens: SamplerOutput) -> tuple[list[RequestOutput], list[tuple[str, str]]]:
         """After ``Scheduler.update``: text, stop strings and logprobs for each sampled sequence.
 
         Returns the outputs of the requests that moved, and (sequence id, stop string) pairs the
@@ -139,14 +139,13 @@ class OutputProcessor:
         now = time.monotonic()
         moved: dict[str, RequestState] = {}
         stopped: list[tuple[str, str]] = []
-        row = 0
-        for seq_id, count in sampled:
-            state, seq = self.sequences[seq_id]
+        for owner in sampled:
+            state, first = self.sequences[owner.request_id]
             # A fork step samples for the whole group: the prompt's sequence and its new forks.
-            for seq in state.sequences if count > 1 else [seq]:
+            group = state.sequences[first.index : first.index + len(owner.rows)]
+            for seq, row in zip(group, owner.rows, strict=True):
                 if self._append(state, seq, tokens, row):
                     stopped.append((seq.request.request_id, seq.stop_string))
-                row += 1
             if state.metrics.first_token_time is None:
                 state.metrics.first_token_time = now
             moved[state.request_id] = state

@@ -59,7 +59,7 @@ class SamplingParams:
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
-        _check_int("n", self.n, 1, 128)
+        _check_int("n", self.n, 1, None)  # the engine bounds it by max_num_seqs
         _check_range("temperature", self.temperature, 0.0, None)
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise InvalidSamplingParam("top_p", f"top_p must be in (0, 1], got {self.top_p!r}")

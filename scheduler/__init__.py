@@ -5,7 +5,7 @@ The one place that decides what runs in a step and which KV blocks each request 
 
 from .block_manager import BlockManager
 from .block_pool import BlockPool, KVBlock
-from .config import SchedulerConfig
+from .config import RequestRejected, SchedulerConfig
 from .output import ScheduledRequest, SchedulerOutput
 from .request import FinishReason, Request, RequestStatus, StopConditions
 from .scheduler import Scheduler
@@ -16,6 +16,7 @@ __all__ = [
     "FinishReason",
     "KVBlock",
     "Request",
+    "RequestRejected",
     "RequestStatus",
     "ScheduledRequest",
     "Scheduler",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .block_manager import BlockManager, cdiv
+from .block_manager import BlockManager
 from .config import SchedulerConfig
 from .output import ScheduledRequest, SchedulerOutput, StepUpdate
 from .request import FinishReason, Request, RequestStatus
@@ -63,27 +63,7 @@ class Scheduler:
         taken = [rid for rid in ids if rid in self.requests or rid in pending]
         if taken:
             raise ValueError(f"request_id {taken[0]!r} is already in use")
-        if request.num_tokens > self.config.max_model_len:
-            raise ValueError(
-                f"request {request.request_id!r} has {request.num_tokens} tokens, more than "
-                f"max_model_len={self.config.max_model_len}"
-            )
-        if request.num_seats > self.config.max_num_seqs:
-            raise ValueError(
-                f"request {request.request_id!r} asks for {request.num_seats} sequences, more than "
-                f"max_num_seqs={self.config.max_num_seqs}"
-            )
-        if request.fork_ids:
-            # Its fork step holds the prompt's blocks plus a spare block per fork (partial last
-            # block): a pool smaller than that could never schedule it.
-            block_size = self.config.block_size
-            spare = len(request.fork_ids) if request.num_tokens % block_size else 0
-            needed = cdiv(request.num_tokens, block_size) + spare
-            if needed > self.config.num_blocks:
-                raise ValueError(
-                    f"request {request.request_id!r} needs {needed} KV blocks to fork into "
-                    f"{request.num_seats} sequences, more than num_blocks={self.config.num_blocks}"
-                )
+        self.config.check_request(request.num_tokens, request.num_seats)
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)

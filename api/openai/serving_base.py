@@ -7,7 +7,8 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from engine import AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, RequestOutput, SamplingParams
+from engine import (AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, RequestOutput, RequestRejected,
+                    SamplingParams)
 
 from ..errors import APIError, as_api_error, error_body
 from ..options import ServerOptions
@@ -33,8 +34,6 @@ class OpenAIServing:
         if body.model is not None and body.model != self.model_name:
             raise APIError(f"The model `{body.model}` does not exist; this server serves `{self.model_name}`.",
                            status=404, param="model", code="model_not_found")
-        if body.n < 1 or body.n > self.options.max_n:
-            raise APIError(f"n must be from 1 to {self.options.max_n} (the server's limit), got {body.n}", param="n")
         if body.stream_options is not None and not body.stream:
             raise APIError("stream_options is only allowed with stream: true", param="stream_options")
 
@@ -46,17 +45,15 @@ class OpenAIServing:
             field = logprobs_field if err.field in _API_FIELD else err.field
             raise APIError(str(err), param=field) from None
 
-    def check_context(self, num_prompt_tokens: int, max_tokens: int | None, param: str) -> None:
-        """400 context_length_exceeded when the prompt, or prompt + max_tokens, exceeds the context."""
-        limit = self.engine.max_model_len
-        wanted = num_prompt_tokens + (max_tokens or 0)
-        if num_prompt_tokens > limit or wanted > limit:
-            raise APIError(
-                f"This model's maximum context length is {limit} tokens. However, you requested {wanted} tokens "
-                f"({num_prompt_tokens} in the {param}, {max_tokens or 0} in the completion). "
-                "Please reduce the length of the prompt or of max_tokens.",
-                param=param, code="context_length_exceeded",
-            )
+    def check_limits(self, num_prompt_tokens: int, n: int, max_tokens: int | None, prompt_field: str) -> None:
+        """The engine's limits on this request, as OpenAI words them: the prompt plus max_tokens must fit
+        the context (400 context_length_exceeded), n the server's sequences. The prompt is ``prompt_field``."""
+        try:
+            self.engine.check_request(num_prompt_tokens, n, max_tokens)
+        except RequestRejected as err:
+            # OpenAI names the prompt for any context overflow
+            field = prompt_field if err.code == "context_length_exceeded" else err.field
+            raise APIError(str(err), param=field, code=err.code) from None
 
     @staticmethod
     def new_id(prefix: str) -> str:

@@ -55,10 +55,9 @@ class OpenAIServingChat(OpenAIServing):
             raise
         except Exception as err:  # a template that cannot render these messages is the request's fault
             raise APIError(f"the chat template could not render the messages: {err}", param="messages") from None
-        self.check_context(len(token_ids), given_max, "messages")
+        # without max_tokens, the completion may fill the context, and needs room for one token
+        self.check_limits(len(token_ids), body.n, 1 if given_max is None else given_max, "messages")
         max_tokens = given_max if given_max is not None else self.engine.max_model_len - len(token_ids)
-        if max_tokens < 1:
-            self.check_context(len(token_ids), 1, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = self.sampling_params(body, max_tokens, logprobs, "top_logprobs")
         request_id = self.new_id("chatcmpl")

@@ -37,7 +37,7 @@ class OpenAIServingCompletion(OpenAIServing):
             raise APIError(f"max_tokens must be >= 1, got {body.max_tokens}", param="max_tokens")
         prompts = self._prompts(body.prompt)
         for _, token_ids in prompts:
-            self.check_context(len(token_ids), body.max_tokens, "prompt")
+            self.check_limits(len(token_ids), body.n, body.max_tokens, "prompt")
         max_tokens = body.max_tokens or 16
         prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
         params = self.sampling_params(body, max_tokens, body.logprobs, "logprobs", prompt_logprobs)

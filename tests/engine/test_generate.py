@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import LLM, InvalidPromptError, SamplingParams
+from engine import LLM, InvalidPromptError, RequestRejected, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def test_too_long_prompt_is_rejected_and_the_others_complete(llm):
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
     alone = llm.generate(["Hello there", "Good morning"], params, use_tqdm=False)
 
-    with pytest.raises(ValueError, match=r"80 tokens.*max_model_len=64") as caught:
+    with pytest.raises(ValueError, match=r"context length is 64 tokens.*80 tokens") as caught:
         llm.generate(["Hello there", long_prompt, "Good morning"], params, use_tqdm=False)
 
     err = caught.value
@@ -105,6 +105,22 @@ def test_invalid_engine_options_name_the_field(kwargs, field):
         LLM("unused", **kwargs)
 
 
+def test_limits_are_checked_once_and_name_the_field(tiny_model_factory):
+    llm = LLM(str(tiny_model_factory("llama")), max_model_len=64, max_num_seqs=4, enforce_eager=True)
+    cases = [({"prompt_token_ids": [5] * 65}, SamplingParams(max_tokens=1), "prompt", "context_length_exceeded"),
+             ({"prompt_token_ids": [5] * 8}, SamplingParams(max_tokens=1, n=5), "n", None)]
+    for prompt, params, field, code in cases:
+        with pytest.raises(InvalidPromptError) as caught:
+            llm.generate(prompt, params, use_tqdm=False)
+        (err,) = caught.value.errors.values()
+        assert isinstance(err, RequestRejected) and (err.field, err.code) == (field, code)
+    # the engine's own check, and the same one the API asks with max_tokens (OpenAI's rule)
+    llm.engine.check_request(60, 4)
+    with pytest.raises(RequestRejected, match=r"65 tokens \(60 in the prompt, 5 in the completion\)") as caught:
+        llm.engine.check_request(60, 1, max_new_tokens=5)
+    assert caught.value.field == "max_tokens"
+
+
 def test_empty_and_out_of_vocab_prompts_are_rejected(llm):
     with pytest.raises(ValueError, match="empty"):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
@@ -117,7 +133,7 @@ def test_chat_rejects_a_too_long_conversation_and_answers_the_others(default_mod
     params = SamplingParams(max_tokens=4, temperature=0.0)
     short = [{"role": "user", "content": "Hi"}]
     long = [{"role": "user", "content": "word " * 100}]
-    with pytest.raises(ValueError, match=r"tokens.*max_model_len=64") as caught:
+    with pytest.raises(ValueError, match=r"context length is 64 tokens") as caught:
         llm.chat([short, long, short], params, use_tqdm=False)
     outputs = caught.value.outputs
     assert outputs[1] is None and outputs[0].outputs[0].token_ids == outputs[2].outputs[0].token_ids

@@ -13,7 +13,7 @@ from .llm import LLM, InvalidPromptError
 from .llm_engine import LLMEngine
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput
 from .quant.quantize import quantize
-from .sampling_params import InvalidSamplingParam, RequestOutputKind, SamplingParams
+from .sampling_params import InvalidSamplingParam, RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -31,5 +31,6 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
     "quantize",
 ]

@@ -19,7 +19,7 @@ from .config import EngineConfig
 from .input_processor import PromptType
 from .llm_engine import EngineStats, LLMEngine, PreparedRequest
 from .outputs import RequestOutput
-from .sampling_params import SamplingParams
+from .sampling_params import SamplingParams, StructuredOutputsParams
 from .token_bytes import TokenBytes
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ class AsyncLLMEngine:
         """See ``LLMEngine.check_request``: the limits, checked on the caller's thread."""
         self.engine.check_request(num_prompt_tokens, n, max_new_tokens)
 
+    async def compile_grammar(self, params: StructuredOutputsParams) -> None:
+        """Compile (and cache) a grammar off the event loop; ``InvalidSamplingParam`` if it cannot be."""
+        await asyncio.to_thread(self.engine.grammars.matcher, params)
+
     def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
         """The model's chat template applied to ``messages``: its text and token ids, not length-checked.
         Runs on the caller's thread (tokenizing reads only the tokenizer)."""
@@ -148,7 +152,11 @@ class AsyncLLMEngine:
             raise EngineDeadError("the engine is not running")
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        prepared = self.engine.prepare_request(request_id, prompt, sampling_params, prompt_token_ids)
+        if sampling_params.structured_outputs is None:
+            prepared = self.engine.prepare_request(request_id, prompt, sampling_params, prompt_token_ids)
+        else:  # compiling a grammar can take a while: off the event loop (and off the engine thread)
+            prepared = await asyncio.to_thread(self.engine.prepare_request, request_id, prompt, sampling_params,
+                                               prompt_token_ids)
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue
         self._submit("add", prepared)

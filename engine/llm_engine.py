@@ -17,6 +17,7 @@ from kernels import kernel_set, resolve_kernels
 from scheduler import FinishReason, Request, Scheduler, SchedulerConfig, StopConditions
 
 from .config import EngineConfig, RuntimeInfo
+from .grammar import GrammarCompiler
 from .input_processor import InputProcessor, PromptType
 from .kv_cache import bytes_per_block, num_blocks_for_memory
 from .compiled_decode import use_compile_cache
@@ -106,6 +107,7 @@ class LLMEngine:
         self.eos_token_id = self.tokenizer.eos_token_id
         self.input_processor = InputProcessor(self.tokenizer, spec.vocab_size)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_id)
+        self.grammars = GrammarCompiler(self.tokenizer, spec.vocab_size)
         self.sampler = Sampler(config.seed, device)
         self._num_prefill_tokens = 0
         self._num_generated_tokens = 0
@@ -120,7 +122,8 @@ class LLMEngine:
 
     def prepare_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                         prompt_token_ids: list[int] | None = None) -> PreparedRequest:
-        """Tokenize and validate, touching no engine state: safe to call from another thread."""
+        """Tokenize, validate and compile the request's grammar, touching no engine state: safe to call
+        from another thread (a server does, so the engine thread never waits for a compile)."""
         if prompt_token_ids is None:
             text, prompt_token_ids = self.input_processor.process(prompt)
         else:
@@ -144,7 +147,8 @@ class LLMEngine:
         generators = [None] * params.n
         if params.seed is not None:  # sequence i of a seeded request draws from seed + i
             generators = [torch.Generator(device=self.runtime.device).manual_seed(params.seed + i) for i in range(params.n)]
-        state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators)
+        matcher = None if params.structured_outputs is None else self.grammars.matcher(params.structured_outputs)
+        state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators, matcher=matcher)
         return PreparedRequest(request, state)
 
     def check_request(self, num_prompt_tokens: int, n: int = 1, max_new_tokens: int | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -37,13 +38,15 @@ class SequenceState:
     cumulative_logprob: float | None = None  # summed only when logprobs are asked for, as vLLM does
     stop_string: str | None = None  # the stop string that ended it, if any
     stop_at: int = 0  # where the text is cut when a stop string ended it
+    matcher: Any = None  # structured outputs: the llguidance matcher of this sequence's grammar
+    ended_by_grammar: bool = False  # its grammar cannot continue: finished, reason "stop"
     sent_chars: int = 0  # DELTA: text already in an output
     sent_tokens: int = 0  # DELTA: token ids (and logprobs) already in an output
     sent_final: bool = False  # DELTA: its finish reason went out
 
     @property
     def finished(self) -> bool:
-        return self.request.is_finished or self.stop_string is not None
+        return self.request.is_finished or self.stop_string is not None or self.ended_by_grammar
 
 
 @dataclass(eq=False)
@@ -56,6 +59,7 @@ class RequestState:
     params: SamplingParams
     metrics: RequestMetrics
     generators: list[torch.Generator | None]  # one per sequence index
+    matcher: Any = None  # structured outputs: sequence 0's matcher (forks copy their parent's)
     sequences: list[SequenceState] = field(default_factory=list)
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     aborted: bool = False
@@ -82,12 +86,12 @@ class OutputProcessor:
         if state.params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]
         self.requests[state.request_id] = state
-        self._add_sequence(state, first, 0)
+        self._add_sequence(state, first, 0, state.matcher)
 
-    def _add_sequence(self, state: RequestState, request: Request, index: int) -> None:
+    def _add_sequence(self, state: RequestState, request: Request, index: int, matcher: Any = None) -> None:
         detokenizer = IncrementalDetokenizer(self.tokenizer, state.prompt_token_ids, state.params.skip_special_tokens)
         asked = state.params.logprobs is not None
-        seq = SequenceState(request, index, detokenizer, [] if asked else None, 0.0 if asked else None)
+        seq = SequenceState(request, index, detokenizer, [] if asked else None, 0.0 if asked else None, matcher=matcher)
         state.sequences.append(seq)
         self.sequences[request.request_id] = (state, seq)
 
@@ -101,14 +105,16 @@ class OutputProcessor:
             state, seq = self.sequences[owner.request_id]
             for offset in range(len(owner.rows)):
                 outputs = seq.request.output_token_ids if offset == 0 else []  # a fork has no output yet
+                # forks draw their first token in the parent's grammar state, not yet advanced
                 rows.append(SamplingRow(state.params, state.generators[seq.index + offset], state.prompt_token_ids,
-                                        outputs, self.eos_token_id))
+                                        outputs, self.eos_token_id, seq.matcher))
         return rows
 
     def add_forks(self, forked: list[Request]) -> None:
         for child in forked:
-            state, _ = self.sequences[child.parent_id]
-            self._add_sequence(state, child, len(state.sequences))
+            state, parent = self.sequences[child.parent_id]
+            matcher = None if parent.matcher is None else parent.matcher.deep_copy()  # before the parent advances
+            self._add_sequence(state, child, len(state.sequences), matcher)
 
     def record_prompt_logprobs(self, prompt_logits: dict[str, torch.Tensor], start_positions: dict[str, int]) -> None:
         """Logits at positions p predict prompt token p + 1; positions past the prompt are ignored."""
@@ -130,11 +136,12 @@ class OutputProcessor:
                     None if top is None else top.indices[row], None if top is None else top.values[row],
                 ))
 
-    def process(self, sampled: list[SampledRows], tokens: SamplerOutput) -> tuple[list[RequestOutput], list[tuple[str, str]]]:
-        """After ``Scheduler.update``: text, stop strings and logprobs for each sampled sequence.
+    def process(self, sampled: list[SampledRows],
+                tokens: SamplerOutput) -> tuple[list[RequestOutput], list[tuple[str, str | None]]]:
+        """After ``Scheduler.update``: text, stop strings, grammars and logprobs for each sampled sequence.
 
         Returns the outputs of the requests that moved, and (sequence id, stop string) pairs the
-        engine must finish in the scheduler.
+        engine must finish in the scheduler (None: its grammar ended it).
         """
         now = time.monotonic()
         moved: dict[str, RequestState] = {}
@@ -153,7 +160,7 @@ class OutputProcessor:
         return outputs, stopped
 
     def _append(self, state: RequestState, seq: SequenceState, tokens: SamplerOutput, row: int) -> bool:
-        """Record one token of ``seq``; True if a stop string ended it."""
+        """Record one token of ``seq``; True if a stop string or its grammar ended it."""
         token_id = seq.request.output_token_ids[-1]
         state.metrics.num_generated_tokens += 1
         if seq.logprobs is not None:
@@ -166,6 +173,11 @@ class OutputProcessor:
             ))
         before = len(seq.detokenizer.text)
         seq.detokenizer.append(token_id)
+        if seq.matcher is not None and not seq.request.is_finished:
+            seq.matcher.consume_token(token_id)
+            if seq.matcher.is_stopped():  # nothing but the end can follow (or the grammar broke)
+                seq.ended_by_grammar = True
+                return True
         stops = state.params.stop_strings
         if stops and seq.stop_string is None and (match := find_stop(seq.detokenizer.text, stops, before)):
             seq.stop_at, seq.stop_string = match
@@ -231,6 +243,9 @@ class OutputProcessor:
         elif seq.request.is_finished:
             end = len(text)
             reason, stop_reason = seq.request.finish_reason.value, seq.request.stop_reason
+        elif seq.ended_by_grammar:
+            end = len(text)
+            reason, stop_reason = FinishReason.STOP.value, None
         else:
             end = len(text) - undecided_tail(text, state.params.stop_strings)
             reason, stop_reason = None, None

@@ -5,15 +5,18 @@ and output tokens, frequency and presence over output tokens, OpenAI's definitio
 rows take the argmax of that; random rows are divided by their temperature, then min_p, top_k
 and top_p filter them, and a token is drawn with the exponential race (``argmax(p / E)``,
 ``E ~ Exp(1)``, is a draw from ``p``). A seeded row fills its noise from its own generator, so
-its tokens do not depend on the batch. Log-probabilities returned are the model's raw ones.
+its tokens do not depend on the batch. A row with a grammar (structured outputs) has the tokens it
+forbids masked after the processors. Log-probabilities returned are the model's raw ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from .grammar import MaskFiller, apply_bitmask
 from .sampling_params import SamplingParams
 
 
@@ -26,6 +29,7 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     eos_token_id: int | None
+    matcher: Any = None  # an llguidance matcher: only the tokens its grammar allows next
 
     @property
     def needs_processing(self) -> bool:
@@ -46,6 +50,7 @@ class SamplerOutput:
 class Sampler:
     def __init__(self, seed: int, device: torch.device) -> None:
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.masks = MaskFiller()
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """``logits`` fp32 ``[len(rows), vocab]``.
@@ -54,6 +59,11 @@ class Sampler:
         processors, no logprobs asked) makes only one: argmax.
         """
         processed = apply_processors(logits.clone(), rows) if any(row.needs_processing for row in rows) else logits
+        constrained = [index for index, row in enumerate(rows) if row.matcher is not None]
+        if constrained:  # structured outputs: every token the row's grammar forbids goes to -inf
+            processed = processed.clone() if processed is logits else processed
+            bitmask = self.masks.fill([rows[index].matcher for index in constrained], logits.shape[1])
+            apply_bitmask(processed, bitmask, constrained)
         tokens = processed.argmax(dim=-1)
         if not all(row.params.is_greedy for row in rows):
             temperature = torch.tensor([row.params.temperature for row in rows], dtype=logits.dtype, device=logits.device)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
+STRUCTURED_OUTPUT_FIELDS = ("json", "json_object", "regex", "choice", "grammar")
 
 
 class InvalidSamplingParam(ValueError):
@@ -25,6 +27,39 @@ class RequestOutputKind(enum.Enum):
     CUMULATIVE = "cumulative"  # everything so far, at every step
     DELTA = "delta"  # only the text, token ids and logprobs new since the last output: streams
     FINAL_ONLY = "final_only"  # one output, when the request finishes: non-streaming calls
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """What the output must match (vLLM's names): exactly one of ``json`` (a JSON schema, as a dict or
+    its text), ``json_object`` (any JSON object), ``regex``, ``choice`` (one of these strings) or
+    ``grammar`` (a Lark grammar in llguidance's dialect, or GBNF as llama.cpp writes it). The output
+    ends ("stop") when the grammar cannot continue."""
+
+    json: str | dict[str, Any] | None = field(default=None, hash=False)
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | tuple[str, ...] | None = field(default=None, hash=False)
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in STRUCTURED_OUTPUT_FIELDS if getattr(self, name) not in (None, False)]
+        if len(given) != 1:
+            raise InvalidSamplingParam("structured_outputs",
+                                       f"structured_outputs takes exactly one of {list(STRUCTURED_OUTPUT_FIELDS)}, got {given or 'none'}")
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise InvalidSamplingParam("structured_outputs", "structured_outputs.json must be a JSON schema (an object)")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidSamplingParam("structured_outputs", f"structured_outputs.{name} must be a non-empty string")
+        if self.choice is not None and (not self.choice or not all(isinstance(c, str) and c for c in self.choice)):
+            raise InvalidSamplingParam("structured_outputs",
+                                       "structured_outputs.choice must be a list of non-empty strings")
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in STRUCTURED_OUTPUT_FIELDS if getattr(self, name) not in (None, False))
 
 
 @dataclass(frozen=True)
@@ -57,6 +92,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         _check_int("n", self.n, 1, None)  # the engine bounds it by max_num_seqs
@@ -85,6 +121,8 @@ class SamplingParams:
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
                 raise InvalidSamplingParam("logit_bias", f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
             _check_range("logit_bias", bias, -100.0, 100.0)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise InvalidSamplingParam("structured_outputs", "structured_outputs must be a StructuredOutputsParams")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None:

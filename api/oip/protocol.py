@@ -14,6 +14,8 @@ from typing import Mapping
 from engine import SamplingParams
 
 from ..errors import APIError
+from ..structured import FIELDS as CONSTRAINT_FIELDS
+from ..structured import structured_outputs_from
 from ..text import check_text
 from .tensors import INT_TYPES, NUMBER_TYPES, BinaryReader, Tensor, describe, encode_bytes, parse_tensor, split_body
 
@@ -44,7 +46,7 @@ SAMPLING_FIELDS: dict[str, type] = {
 RESERVED_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                                  "headers", "binary_data_output"})
 RESERVED_PREFIX = "triton_"
-OTHER_PARAMETERS = frozenset({"exclude_input_in_output", "stream"})
+OTHER_PARAMETERS = frozenset({"exclude_input_in_output", "stream", *CONSTRAINT_FIELDS})
 INT64_RANGE = (-(2**63), 2**63 - 1)
 
 
@@ -210,8 +212,9 @@ def _generation(values: Mapping[str, object]) -> Generation:
     if unknown:
         logger.debug("ignoring unknown parameters %s", sorted(unknown))
     exclude = _coerce("exclude_input_in_output", bool, values.get("exclude_input_in_output", True))
+    constraint = structured_outputs_from(values)  # compiled (and a bad one answered) when the request is added
     try:
-        params = SamplingParams(**fields)
+        params = SamplingParams(**fields, structured_outputs=constraint and constraint[0])
     except ValueError as err:  # out of range: the message names the field and its range
         raise APIError(str(err)) from None
     return Generation(params, include_prompt=not exclude)

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import RequestOutputKind, SamplingParams
+from engine import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 
 class StreamOptions(BaseModel):
@@ -43,8 +43,16 @@ class SamplingFields(BaseModel):
     stop_token_ids: Optional[list[int]] = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # output constraints (api/structured.py reads them)
+    response_format: Optional[dict[str, Any]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None,
+                        structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
         """``InvalidSamplingParam`` (a ValueError naming the field) for an out-of-range value."""
         bias = None
         if self.logit_bias:
@@ -63,6 +71,7 @@ class SamplingFields(BaseModel):
             prompt_logprobs=prompt_logprobs, skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
             output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.FINAL_ONLY,
+            structured_outputs=structured_outputs,
             **{name: value for name, value in given.items() if value is not None},
         )
 
@@ -101,7 +110,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: Optional[list[Any]] = None
     tool_choice: Optional[Any] = None
     functions: Optional[list[Any]] = None
-    response_format: Optional[dict[str, Any]] = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None

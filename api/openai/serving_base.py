@@ -12,6 +12,8 @@ from engine import (AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, Requ
 
 from ..errors import APIError, as_api_error, error_body
 from ..options import ServerOptions
+from ..structured import FIELDS as CONSTRAINT_FIELDS
+from ..structured import structured_outputs_from
 from .protocol import SamplingFields
 
 # Our SamplingParams names -> the OpenAI field a client sent.
@@ -37,10 +39,18 @@ class OpenAIServing:
         if body.stream_options is not None and not body.stream:
             raise APIError("stream_options is only allowed with stream: true", param="stream_options")
 
-    def sampling_params(self, body: SamplingFields, max_tokens: int, logprobs: int | None,
-                        logprobs_field: str, prompt_logprobs: int | None = None) -> SamplingParams:
+    async def sampling_params(self, body: SamplingFields, max_tokens: int, logprobs: int | None,
+                              logprobs_field: str, prompt_logprobs: int | None = None) -> SamplingParams:
+        """The request's SamplingParams, its output constraint compiled (off the event loop) so that a
+        grammar that cannot compile is a 400 naming the field the client used."""
+        constraint = structured_outputs_from(body.model_dump(include=set(CONSTRAINT_FIELDS)))
+        if constraint is not None:
+            try:
+                await self.engine.compile_grammar(constraint[0])
+            except InvalidSamplingParam as err:
+                raise APIError(str(err).replace("structured_outputs", constraint[1], 1), param=constraint[1]) from None
         try:
-            return body.sampling_params(max_tokens, logprobs, prompt_logprobs)
+            return body.sampling_params(max_tokens, logprobs, prompt_logprobs, constraint and constraint[0])
         except InvalidSamplingParam as err:  # named as this API names the field
             field = logprobs_field if err.field in _API_FIELD else err.field
             raise APIError(str(err), param=field) from None

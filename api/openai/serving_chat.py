@@ -21,8 +21,6 @@ class OpenAIServingChat(OpenAIServing):
     def _messages(self, body: ChatCompletionRequest) -> list[dict[str, Any]]:
         if body.tools or body.functions or body.tool_choice not in (None, "none"):
             raise APIError("tools and function calling are not supported", param="tools")
-        if body.response_format is not None and body.response_format.get("type", "text") != "text":
-            raise APIError("response_format other than 'text' is not supported", param="response_format")
         return [self._message(i, m) for i, m in enumerate(body.messages)]
 
     @staticmethod
@@ -59,7 +57,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_limits(len(token_ids), body.n, 1 if given_max is None else given_max, "messages")
         max_tokens = given_max if given_max is not None else self.engine.max_model_len - len(token_ids)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        params = self.sampling_params(body, max_tokens, logprobs, "top_logprobs")
+        params = await self.sampling_params(body, max_tokens, logprobs, "top_logprobs")
         request_id = self.new_id("chatcmpl")
         stream = self.engine.generate(prompt, params, request_id, prompt_token_ids=token_ids)
         if body.stream:

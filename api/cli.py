@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 and /v2")
     serve.add_argument("--allowed-origins", nargs="*", default=[], help="CORS origins ('*' for any)")
     serve.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    serve.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3_json"),
+                       help="how the model writes tool calls (default: read from its chat template)")
+    serve.add_argument("--reasoning-parser", default=None, choices=("qwen3", "deepseek_r1"),
+                       help="return a reasoning model's <think> ... </think> as reasoning_content")
     serve.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--graceful-shutdown-timeout", type=float, default=10.0,
@@ -136,6 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if "/" in name:
         raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
     options = ServerOptions(served_model_name=name, api_key=args.api_key, allowed_origins=args.allowed_origins,
+                            tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
                             allow_credentials=args.allow_credentials)
     # On SIGTERM let streams run to their end; uvicorn cancels what is left after the timeout,
     # and cancelled streams abort their requests.

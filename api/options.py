@@ -13,3 +13,5 @@ class ServerOptions:
     allow_credentials: bool = False
     allowed_methods: list[str] = field(default_factory=lambda: ["*"])
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    tool_call_parser: str | None = None  # the tool-call format; None: the one the chat template uses
+    reasoning_parser: str | None = None  # split <think> ... </think> into reasoning_content

@@ -39,6 +39,7 @@ class SequenceState:
     stop_string: str | None = None  # the stop string that ended it, if any
     stop_at: int = 0  # where the text is cut when a stop string ended it
     matcher: Any = None  # structured outputs: the llguidance matcher of this sequence's grammar
+    grammar_active: bool = True  # False until the structured output's begin_after marker has appeared
     ended_by_grammar: bool = False  # its grammar cannot continue: finished, reason "stop"
     sent_chars: int = 0  # DELTA: text already in an output
     sent_tokens: int = 0  # DELTA: token ids (and logprobs) already in an output
@@ -86,12 +87,15 @@ class OutputProcessor:
         if state.params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]
         self.requests[state.request_id] = state
-        self._add_sequence(state, first, 0, state.matcher)
+        constraint = state.params.structured_outputs
+        self._add_sequence(state, first, 0, state.matcher, constraint is None or constraint.begin_after is None)
 
-    def _add_sequence(self, state: RequestState, request: Request, index: int, matcher: Any = None) -> None:
+    def _add_sequence(self, state: RequestState, request: Request, index: int, matcher: Any = None,
+                      grammar_active: bool = True) -> None:
         detokenizer = IncrementalDetokenizer(self.tokenizer, state.prompt_token_ids, state.params.skip_special_tokens)
         asked = state.params.logprobs is not None
-        seq = SequenceState(request, index, detokenizer, [] if asked else None, 0.0 if asked else None, matcher=matcher)
+        seq = SequenceState(request, index, detokenizer, [] if asked else None, 0.0 if asked else None, matcher=matcher,
+                            grammar_active=grammar_active)
         state.sequences.append(seq)
         self.sequences[request.request_id] = (state, seq)
 
@@ -107,14 +111,14 @@ class OutputProcessor:
                 outputs = seq.request.output_token_ids if offset == 0 else []  # a fork has no output yet
                 # forks draw their first token in the parent's grammar state, not yet advanced
                 rows.append(SamplingRow(state.params, state.generators[seq.index + offset], state.prompt_token_ids,
-                                        outputs, self.eos_token_id, seq.matcher))
+                                        outputs, self.eos_token_id, seq.matcher if seq.grammar_active else None))
         return rows
 
     def add_forks(self, forked: list[Request]) -> None:
         for child in forked:
             state, parent = self.sequences[child.parent_id]
             matcher = None if parent.matcher is None else parent.matcher.deep_copy()  # before the parent advances
-            self._add_sequence(state, child, len(state.sequences), matcher)
+            self._add_sequence(state, child, len(state.sequences), matcher, parent.grammar_active)
 
     def record_prompt_logprobs(self, prompt_logits: dict[str, torch.Tensor], start_positions: dict[str, int]) -> None:
         """Logits at positions p predict prompt token p + 1; positions past the prompt are ignored."""
@@ -174,10 +178,14 @@ class OutputProcessor:
         before = len(seq.detokenizer.text)
         seq.detokenizer.append(token_id)
         if seq.matcher is not None and not seq.request.is_finished:
-            seq.matcher.consume_token(token_id)
-            if seq.matcher.is_stopped():  # nothing but the end can follow (or the grammar broke)
-                seq.ended_by_grammar = True
-                return True
+            if seq.grammar_active:
+                seq.matcher.consume_token(token_id)
+                if seq.matcher.is_stopped():  # nothing but the end can follow (or the grammar broke)
+                    seq.ended_by_grammar = True
+                    return True
+            else:  # the grammar starts with the token after its marker
+                marker = state.params.structured_outputs.begin_after
+                seq.grammar_active = seq.detokenizer.text.find(marker, max(0, before - len(marker) + 1)) >= 0
         stops = state.params.stop_strings
         if stops and seq.stop_string is None and (match := find_stop(seq.detokenizer.text, stops, before)):
             seq.stop_at, seq.stop_string = match

@@ -34,13 +34,16 @@ class StructuredOutputsParams:
     """What the output must match (vLLM's names): exactly one of ``json`` (a JSON schema, as a dict or
     its text), ``json_object`` (any JSON object), ``regex``, ``choice`` (one of these strings) or
     ``grammar`` (a Lark grammar in llguidance's dialect, or GBNF as llama.cpp writes it). The output
-    ends ("stop") when the grammar cannot continue."""
+    ends ("stop") when the grammar cannot continue. ``begin_after``: the grammar constrains only the text
+    after this marker's first appearance in the output (a reasoning model's ``</think>``: its thinking
+    stays free)."""
 
     json: str | dict[str, Any] | None = field(default=None, hash=False)
     json_object: bool = False
     regex: str | None = None
     choice: list[str] | tuple[str, ...] | None = field(default=None, hash=False)
     grammar: str | None = None
+    begin_after: str | None = None
 
     def __post_init__(self) -> None:
         given = [name for name in STRUCTURED_OUTPUT_FIELDS if getattr(self, name) not in (None, False)]
@@ -53,6 +56,8 @@ class StructuredOutputsParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidSamplingParam("structured_outputs", f"structured_outputs.{name} must be a non-empty string")
+        if self.begin_after is not None and (not isinstance(self.begin_after, str) or not self.begin_after):
+            raise InvalidSamplingParam("structured_outputs", "structured_outputs.begin_after must be a non-empty string")
         if self.choice is not None and (not self.choice or not all(isinstance(c, str) and c for c in self.choice)):
             raise InvalidSamplingParam("structured_outputs",
                                        "structured_outputs.choice must be a list of non-empty strings")

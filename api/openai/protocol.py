@@ -99,6 +99,7 @@ class ChatMessage(BaseModel):
     content: Optional[Union[str, list[TextPart]]] = None
     name: Optional[str] = None
     tool_calls: Optional[list[Any]] = None
+    tool_call_id: Optional[str] = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -109,6 +110,7 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Optional[int] = None
     tools: Optional[list[Any]] = None
     tool_choice: Optional[Any] = None
+    parallel_tool_calls: bool = True
     functions: Optional[list[Any]] = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import AsyncIterator
 
 from engine import (AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, RequestOutput, RequestRejected,
-                    SamplingParams)
+                    SamplingParams, StructuredOutputsParams)
 
 from ..errors import APIError, as_api_error, error_body
 from ..options import ServerOptions
@@ -39,18 +40,30 @@ class OpenAIServing:
         if body.stream_options is not None and not body.stream:
             raise APIError("stream_options is only allowed with stream: true", param="stream_options")
 
-    async def sampling_params(self, body: SamplingFields, max_tokens: int, logprobs: int | None,
-                              logprobs_field: str, prompt_logprobs: int | None = None) -> SamplingParams:
-        """The request's SamplingParams, its output constraint compiled (off the event loop) so that a
-        grammar that cannot compile is a 400 naming the field the client used."""
-        constraint = structured_outputs_from(body.model_dump(include=set(CONSTRAINT_FIELDS)))
-        if constraint is not None:
-            try:
-                await self.engine.compile_grammar(constraint[0])
-            except InvalidSamplingParam as err:
-                raise APIError(str(err).replace("structured_outputs", constraint[1], 1), param=constraint[1]) from None
+    async def constraint(self, body: SamplingFields, forced: StructuredOutputsParams | None = None,
+                         begin_after: str | None = None) -> StructuredOutputsParams | None:
+        """The output constraint the body asks for, or ``forced`` (the tool calls that tool_choice requires),
+        compiled off the event loop: a grammar that cannot compile is a 400 naming the field the client used.
+        ``begin_after``: a reasoning model's end of thinking, where the constraint starts."""
+        asked = structured_outputs_from(body.model_dump(include=set(CONSTRAINT_FIELDS)))
+        if asked is not None and forced is not None:
+            raise APIError(f"{asked[1]} cannot be combined with a tool_choice that forces tool calls", param=asked[1])
+        constraint, field = asked or (forced, "tool_choice")
+        if constraint is None:
+            return None
+        if begin_after is not None:
+            constraint = replace(constraint, begin_after=begin_after)
         try:
-            return body.sampling_params(max_tokens, logprobs, prompt_logprobs, constraint and constraint[0])
+            await self.engine.compile_grammar(constraint)
+        except InvalidSamplingParam as err:
+            raise APIError(str(err).replace("structured_outputs", field, 1), param=field) from None
+        return constraint
+
+    def sampling_params(self, body: SamplingFields, max_tokens: int, logprobs: int | None, logprobs_field: str,
+                        prompt_logprobs: int | None = None,
+                        constraint: StructuredOutputsParams | None = None) -> SamplingParams:
+        try:
+            return body.sampling_params(max_tokens, logprobs, prompt_logprobs, constraint)
         except InvalidSamplingParam as err:  # named as this API names the field
             field = logprobs_field if err.field in _API_FIELD else err.field
             raise APIError(str(err), param=field) from None

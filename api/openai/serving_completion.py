@@ -40,7 +40,8 @@ class OpenAIServingCompletion(OpenAIServing):
             self.check_limits(len(token_ids), body.n, body.max_tokens, "prompt")
         max_tokens = body.max_tokens or 16
         prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
-        params = await self.sampling_params(body, max_tokens, body.logprobs, "logprobs", prompt_logprobs)
+        params = self.sampling_params(body, max_tokens, body.logprobs, "logprobs", prompt_logprobs,
+                                      await self.constraint(body))
         request_id = self.new_id("cmpl")
         streams = [
             self.engine.generate(text, params, f"{request_id}-{i}", prompt_token_ids=ids)

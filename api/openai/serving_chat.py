@@ -15,7 +15,7 @@ from engine import CompletionOutput, RequestOutput, StructuredOutputsParams
 from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..reasoning import END as REASONING_END
-from ..reasoning import ReasoningParser, prompt_closes_thinking
+from ..reasoning import ReasoningParser, prompt_leaves_thinking_open
 from ..streaming import last_outputs, merge
 from ..tool_parsers import PARSERS, ToolParser, parser_for_template
 from .chat_output import ChatOutput
@@ -98,8 +98,9 @@ class OpenAIServingChat(OpenAIServing):
         self.check_limits(len(token_ids), body.n, 1 if given_max is None else given_max, "messages")
         max_tokens = given_max if given_max is not None else self.engine.max_model_len - len(token_ids)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        # a reasoning model's thinking stays free; the constraint starts after it
-        thinks = self.options.reasoning_parser and not prompt_closes_thinking(prompt)
+        # where the prompt leaves a <think> open, the thinking stays free and the constraint starts after it;
+        # otherwise the constraint holds from the first token (a model that would open <think> cannot)
+        thinks = self.options.reasoning_parser and prompt_leaves_thinking_open(prompt)
         constraint = await self.constraint(body, forced, begin_after=REASONING_END if thinks else None)
         params = self.sampling_params(body, max_tokens, logprobs, "top_logprobs", constraint=constraint)
         request_id = self.new_id("chatcmpl")

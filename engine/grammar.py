@@ -6,8 +6,8 @@ request getting a copy, ~5 us) and the tokenizer is wrapped once per engine, on 
 It is thread-safe and runs where requests are prepared, never on the engine thread of a server.
 
 ``fill_bitmask`` computes the allowed tokens of every constrained row of a step into one packed
-bitmask (llguidance's parallel executor, 1 bit per token); ``apply_bitmask`` is our eager apply:
-the mask's bytes index a 256 x 8 table of bits, one gather and one masked fill for all rows.
+bitmask (1 bit per token); ``apply_bitmask`` is our eager apply:
+each byte of the mask looks up the 8 penalties (0 or -inf) of its tokens, which are added in place.
 """
 
 from __future__ import annotations
@@ -18,17 +18,21 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from .sampling_params import InvalidSamplingParam, StructuredOutputsParams
 
 if TYPE_CHECKING:
-    from llguidance import LLExecutor, LLMatcher, LLTokenizer
+    from llguidance import LLMatcher, LLTokenizer
 
 CACHE_SIZE = 256  # distinct grammars kept compiled
 # JSON as json.dumps writes it. llguidance's default allows any whitespace anywhere, where a small model
 # can spend all its tokens on newlines; a schema's "x-guidance" options still override this.
 JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
-_BYTE_BITS = torch.tensor([[(byte >> bit) & 1 for bit in range(8)] for byte in range(256)], dtype=torch.bool)
+# For each byte of a packed mask, what its 8 tokens add to their logits: 0 if allowed, -inf if not.
+# Looking the mask's bytes up in it (an embedding lookup of 32-byte rows) and adding the result is
+# ~0.5 ms for 32 rows of 49k tokens on 2 cores; a bool mask with masked_fill_ is ~4 ms.
+_BYTE_PENALTIES = torch.tensor([[0.0 if (byte >> bit) & 1 else float("-inf") for bit in range(8)] for byte in range(256)])
 
 
 def grammar_text(params: StructuredOutputsParams) -> str:
@@ -94,29 +98,29 @@ class GrammarCompiler:
         return self._tokenizer
 
 
-class MaskFiller:
-    """Fills a step's bitmask rows on llguidance's thread pool (created on the first constrained step)."""
+def fill_bitmask(matchers: list["LLMatcher"], vocab_size: int) -> torch.Tensor:
+    """int32 ``[len(matchers), ceil(vocab / 32)]``: bit t of row i set = matcher i allows token t.
 
-    def __init__(self) -> None:
-        self._executor: LLExecutor | None = None
-
-    def fill(self, matchers: list["LLMatcher"], vocab_size: int) -> torch.Tensor:
-        """int32 ``[len(matchers), ceil(vocab / 32)]``: bit t of row i set = matcher i allows token t."""
-        from llguidance import LLExecutor
-        from llguidance.torch import fill_next_token_bitmask_par
-
-        if self._executor is None:
-            self._executor = LLExecutor()
-        # a prompt's fork step has n rows on one matcher, which may be filled only once
-        slot = {id(matcher): index for index, matcher in enumerate({id(m): m for m in matchers}.values())}
-        unique = list({id(m): m for m in matchers}.values())
-        bitmask = torch.empty((len(unique), (vocab_size + 31) // 32), dtype=torch.int32)
-        fill_next_token_bitmask_par(self._executor, [(matcher, i) for i, matcher in enumerate(unique)], bitmask)
-        return bitmask if len(unique) == len(matchers) else bitmask[[slot[id(m)] for m in matchers]]
+    Row by row on this thread (each call releases the GIL). On 2 cores that beats llguidance's thread
+    pool: 3.3 against 4.0 ms for 32 rows, whose threads wait on cores torch's threads still hold.
+    """
+    unique = list({id(m): m for m in matchers}.values())  # a fork step has n rows on one matcher
+    bitmask = torch.empty((len(unique), (vocab_size + 31) // 32), dtype=torch.int32)
+    row_bytes = bitmask.shape[1] * bitmask.element_size()
+    for index, matcher in enumerate(unique):
+        matcher.unsafe_compute_mask_ptr(bitmask.data_ptr() + index * row_bytes, row_bytes)
+    if len(unique) == len(matchers):
+        return bitmask
+    slot = {id(matcher): index for index, matcher in enumerate(unique)}
+    return bitmask[[slot[id(m)] for m in matchers]]
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """Set to -inf, in place, each logit of row ``rows[i]`` whose bit in ``bitmask[i]`` is clear."""
-    index = torch.tensor(rows, device=logits.device)
-    allowed = _BYTE_BITS[bitmask.view(torch.uint8).long()].flatten(1)[:, : logits.shape[1]]
-    logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
+    """Set to -inf, in place, each logit of row ``rows[i]`` whose bit in ``bitmask[i]`` is clear (fp32 logits)."""
+    table = _BYTE_PENALTIES.to(logits.device)
+    penalties = F.embedding(bitmask.to(logits.device).view(torch.uint8).long(), table)
+    penalties = penalties.view(len(rows), -1)[:, : logits.shape[1]]
+    if len(rows) == logits.shape[0]:
+        logits.add_(penalties)
+    else:  # some rows are free
+        logits.index_add_(0, torch.tensor(rows, device=logits.device), penalties)

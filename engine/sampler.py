@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .grammar import MaskFiller, apply_bitmask
+from .grammar import apply_bitmask, fill_bitmask
 from .sampling_params import SamplingParams
 
 
@@ -50,7 +50,6 @@ class SamplerOutput:
 class Sampler:
     def __init__(self, seed: int, device: torch.device) -> None:
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.masks = MaskFiller()
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """``logits`` fp32 ``[len(rows), vocab]``.
@@ -62,7 +61,7 @@ class Sampler:
         constrained = [index for index, row in enumerate(rows) if row.matcher is not None]
         if constrained:  # structured outputs: every token the row's grammar forbids goes to -inf
             processed = processed.clone() if processed is logits else processed
-            bitmask = self.masks.fill([rows[index].matcher for index in constrained], logits.shape[1])
+            bitmask = fill_bitmask([rows[index].matcher for index in constrained], logits.shape[1])
             apply_bitmask(processed, bitmask, constrained)
         tokens = processed.argmax(dim=-1)
         if not all(row.params.is_greedy for row in rows):

@@ -58,14 +58,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--notes", type=int, default=400, help="characters of the leading string")
     parser.add_argument("--steps", type=int, default=80, help="steps measured, all rows in the batch")
-    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--enforce-eager", action="store_true", help="skip compiling the decode step (smoke runs)")
+    parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mask_cost.json"))
     args = parser.parse_args()
 
     import engine.sampler as sampler_module
     from engine import LLM, SamplingParams, StructuredOutputsParams
 
-    llm = LLM(args.model, max_num_seqs=args.batch, max_model_len=1024, enforce_eager=args.enforce_eager)
+    llm = LLM(args.model, max_num_seqs=args.batch, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager)
     engine = llm.engine
     timings: dict[str, list[float]] = {"fill": [], "apply": []}
 

@@ -57,3 +57,23 @@ def test_stream_cost_benchmark_measures_the_server_per_token(tmp_path):
     assert [run["streams"] for run in results["runs"]] == [4, 1]
     assert all(run["event_loop_cpu_ms_per_token"] > 0 for run in results["runs"])
     assert results["event_loop_ratio_longest_over_shortest"] > 0
+
+
+def test_mask_cost_benchmark_times_masks_inside_the_step(tiny_model_factory, tmp_path):
+    out = tmp_path / "mask_cost.json"
+    _run("mask_cost", "--model", str(tiny_model_factory("llama")), "--batch", "4", "--notes", "40", "--steps", "5",
+         "--enforce-eager", "--max-model-len", "512", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["steps_measured"] == {"constrained": 5, "unconstrained": 5}
+    assert 0 < results["median_mask_ms"] < results["median_step_ms"]["constrained"]
+
+
+def test_schema_validity_benchmark_checks_every_output(tiny_model_factory, tmp_path):
+    out = tmp_path / "schema_validity.json"
+    _run("schema_validity", "--model", str(tiny_model_factory("llama")), "--schemas", "3", "--max-tokens", "300",
+         "--concurrency", "3", "--max-model-len", "512", "--enforce-eager", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert len(results["results"]) == 3
+    for name in ("plain", "streamed"):  # a random model: only the grammar makes its outputs valid
+        finished = [r for r in results["results"] if r[name]["finish_reason"] == "stop"]
+        assert finished and all(r[name]["valid"] for r in finished)

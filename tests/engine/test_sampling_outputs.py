@@ -75,7 +75,8 @@ def _peak_blocks(engine: LLMEngine, requests: list[tuple[str, SamplingParams]], 
 
 def test_n3_shares_prompt_blocks_and_frees_them(default_model):
     # Without prefix caching, so the second run cannot reuse the first one's blocks.
-    engine = LLMEngine(EngineConfig(str(default_model), max_model_len=512, enable_prefix_caching=False))
+    engine = LLMEngine(EngineConfig(str(default_model), max_model_len=512, enable_prefix_caching=False,
+                                    enforce_eager=True))
     prompt_ids = list(range(1000, 1100))  # 100 tokens: 6 full blocks and a partial one
     params = SamplingParams(max_tokens=3, temperature=1.0, seed=3, ignore_eos=True)
     shared = _peak_blocks(engine, [("grouped", SamplingParams(**{**vars(params), "n": 3}))], prompt_ids)
@@ -129,7 +130,7 @@ def test_the_earliest_of_several_stop_strings_wins(llm):
 
 
 def test_streamed_text_never_shows_an_undecided_stop_prefix(default_model):
-    engine = LLMEngine(EngineConfig(str(default_model), max_model_len=256))
+    engine = LLMEngine(EngineConfig(str(default_model), max_model_len=256, enforce_eager=True))
     prompt = "Here is a list of fruits: apple, banana,"
     engine.add_request("free", prompt, SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True))
     free_text = ""

@@ -8,6 +8,11 @@ It is thread-safe and runs where requests are prepared, never on the engine thre
 ``fill_bitmask`` computes the allowed tokens of every constrained row of a step into one packed
 bitmask (1 bit per token); ``apply_bitmask`` is our eager apply:
 each byte of the mask looks up the 8 penalties (0 or -inf) of its tokens, which are added in place.
+
+A JSON output also counts what it has open (``JsonDepth``). When its remaining tokens come within
+``CLOSING_MARGIN`` of that count, its mask keeps only the grammar's closing tokens (``"``, ``]``, ``}``)
+whenever the grammar allows one, so it ends valid instead of being cut at max_tokens: a recursive
+schema otherwise lets a model nest until it runs out.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
 
 CACHE_SIZE = 256  # distinct grammars kept compiled
+# A JSON output closes what it has open once its remaining tokens come within this many of the count
+# of open strings, arrays and objects (a recursive schema lets a model nest until max_tokens otherwise).
+CLOSING_MARGIN = 16
+CLOSING_CHARACTERS = frozenset('"]}')
 # JSON as json.dumps writes it. llguidance's default allows any whitespace anywhere, where a small model
 # can spend all its tokens on newlines; a schema's "x-guidance" options still override this.
 JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -67,6 +76,7 @@ class GrammarCompiler:
         self._hf_tokenizer, self.vocab_size = tokenizer, vocab_size
         self._tokenizer: LLTokenizer | None = None
         self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
+        self._closers: torch.Tensor | None = None
         self._lock = threading.Lock()
 
     def matcher(self, params: StructuredOutputsParams) -> "LLMatcher":
@@ -90,12 +100,60 @@ class GrammarCompiler:
                 self._compiled.popitem(last=False)
         return compiled.deep_copy()
 
+    def closers(self) -> torch.Tensor:
+        """Packed int32 bitmask of the tokens made only of ``"``, ``]`` and ``}``: what closes JSON."""
+        with self._lock:
+            if self._closers is None:
+                pieces = self._hf_tokenizer.convert_ids_to_tokens(list(range(len(self._hf_tokenizer))))
+                allowed = torch.zeros((self.vocab_size + 31) // 32 * 32, dtype=torch.bool)
+                for token_id, piece in enumerate(pieces):
+                    if piece and token_id < self.vocab_size and set(piece) <= CLOSING_CHARACTERS:
+                        allowed[token_id] = True
+                self._closers = _pack(allowed)
+            return self._closers
+
     def _llg_tokenizer(self) -> "LLTokenizer":
         if self._tokenizer is None:
             from llguidance.hf import from_tokenizer
 
             self._tokenizer = from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size)
         return self._tokenizer
+
+
+class JsonDepth:
+    """How many JSON strings, arrays and objects the text fed so far leaves open."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def feed(self, text: str) -> None:
+        for char in text:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "[{":
+                self.depth += 1
+            elif char in "]}":
+                self.depth -= 1
+
+    @property
+    def num_open(self) -> int:
+        return self.depth + self.in_string
+
+
+def _pack(allowed: torch.Tensor) -> torch.Tensor:
+    """Bools (a multiple of 32 long) -> int32 words, bit t of word t // 32 = allowed[t]."""
+    bits = allowed.view(-1, 32).to(torch.int64) << torch.arange(32)
+    words = bits.sum(dim=1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 def fill_bitmask(matchers: list["LLMatcher"], vocab_size: int) -> torch.Tensor:

@@ -148,7 +148,9 @@ class LLMEngine:
         if params.seed is not None:  # sequence i of a seeded request draws from seed + i
             generators = [torch.Generator(device=self.runtime.device).manual_seed(params.seed + i) for i in range(params.n)]
         matcher = None if params.structured_outputs is None else self.grammars.matcher(params.structured_outputs)
-        state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators, matcher=matcher)
+        closes_json = matcher is not None and params.structured_outputs.kind in ("json", "json_object")
+        state = RequestState(request_id, text, prompt_token_ids, params, RequestMetrics(now), generators, matcher=matcher,
+                             closers=self.grammars.closers() if closes_json else None)
         return PreparedRequest(request, state)
 
     def check_request(self, num_prompt_tokens: int, n: int = 1, max_new_tokens: int | None = None) -> None:

@@ -8,6 +8,7 @@ its length), or one output at the end (FINAL_ONLY). A request with n > 1 is a gr
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from scheduler import FinishReason, Request
 
 from .detokenizer import IncrementalDetokenizer
 from .forward_batch import SampledRows
+from .grammar import CLOSING_MARGIN, JsonDepth
 from .outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from .sampler import SamplerOutput, SamplingRow
 from .sampling_params import RequestOutputKind, SamplingParams
@@ -40,6 +42,7 @@ class SequenceState:
     stop_at: int = 0  # where the text is cut when a stop string ended it
     matcher: Any = None  # structured outputs: the llguidance matcher of this sequence's grammar
     grammar_active: bool = True  # False until the structured output's begin_after marker has appeared
+    json_depth: JsonDepth | None = None  # JSON outputs: what is open, to close it before max_tokens
     ended_by_grammar: bool = False  # its grammar cannot continue: finished, reason "stop"
     sent_chars: int = 0  # DELTA: text already in an output
     sent_tokens: int = 0  # DELTA: token ids (and logprobs) already in an output
@@ -61,6 +64,7 @@ class RequestState:
     metrics: RequestMetrics
     generators: list[torch.Generator | None]  # one per sequence index
     matcher: Any = None  # structured outputs: sequence 0's matcher (forks copy their parent's)
+    closers: torch.Tensor | None = None  # JSON outputs: the packed mask of tokens that close JSON
     sequences: list[SequenceState] = field(default_factory=list)
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     aborted: bool = False
@@ -95,7 +99,7 @@ class OutputProcessor:
         detokenizer = IncrementalDetokenizer(self.tokenizer, state.prompt_token_ids, state.params.skip_special_tokens)
         asked = state.params.logprobs is not None
         seq = SequenceState(request, index, detokenizer, [] if asked else None, 0.0 if asked else None, matcher=matcher,
-                            grammar_active=grammar_active)
+                            grammar_active=grammar_active, json_depth=JsonDepth() if state.closers is not None else None)
         state.sequences.append(seq)
         self.sequences[request.request_id] = (state, seq)
 
@@ -110,15 +114,26 @@ class OutputProcessor:
             for offset in range(len(owner.rows)):
                 outputs = seq.request.output_token_ids if offset == 0 else []  # a fork has no output yet
                 # forks draw their first token in the parent's grammar state, not yet advanced
+                matcher = seq.matcher if seq.grammar_active else None
                 rows.append(SamplingRow(state.params, state.generators[seq.index + offset], state.prompt_token_ids,
-                                        outputs, self.eos_token_id, seq.matcher if seq.grammar_active else None))
+                                        outputs, self.eos_token_id, matcher, self._closing(state, seq, matcher)))
         return rows
+
+    @staticmethod
+    def _closing(state: RequestState, seq: SequenceState, matcher: Any) -> torch.Tensor | None:
+        """The closers' mask when a JSON output must now close what it has open to end within max_tokens."""
+        if matcher is None or seq.json_depth is None:
+            return None
+        remaining = state.params.max_tokens - len(seq.request.output_token_ids)
+        return state.closers if remaining <= seq.json_depth.num_open + CLOSING_MARGIN else None
 
     def add_forks(self, forked: list[Request]) -> None:
         for child in forked:
             state, parent = self.sequences[child.parent_id]
             matcher = None if parent.matcher is None else parent.matcher.deep_copy()  # before the parent advances
             self._add_sequence(state, child, len(state.sequences), matcher, parent.grammar_active)
+            if parent.json_depth is not None:
+                state.sequences[-1].json_depth = copy.copy(parent.json_depth)
 
     def record_prompt_logprobs(self, prompt_logits: dict[str, torch.Tensor], start_positions: dict[str, int]) -> None:
         """Logits at positions p predict prompt token p + 1; positions past the prompt are ignored."""
@@ -180,6 +195,8 @@ class OutputProcessor:
         if seq.matcher is not None and not seq.request.is_finished:
             if seq.grammar_active:
                 seq.matcher.consume_token(token_id)
+                if seq.json_depth is not None:
+                    seq.json_depth.feed(seq.detokenizer.text[before:])
                 if seq.matcher.is_stopped():  # nothing but the end can follow (or the grammar broke)
                     seq.ended_by_grammar = True
                     return True

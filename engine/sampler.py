@@ -30,6 +30,7 @@ class SamplingRow:
     output_token_ids: list[int]
     eos_token_id: int | None
     matcher: Any = None  # an llguidance matcher: only the tokens its grammar allows next
+    close_with: torch.Tensor | None = None  # a packed mask: of the grammar's tokens, prefer these (if any)
 
     @property
     def needs_processing(self) -> bool:
@@ -62,6 +63,11 @@ class Sampler:
         if constrained:  # structured outputs: every token the row's grammar forbids goes to -inf
             processed = processed.clone() if processed is logits else processed
             bitmask = fill_bitmask([rows[index].matcher for index in constrained], logits.shape[1])
+            for position, index in enumerate(constrained):
+                if rows[index].close_with is not None:
+                    narrowed = bitmask[position] & rows[index].close_with
+                    if narrowed.any():
+                        bitmask[position] = narrowed
             apply_bitmask(processed, bitmask, constrained)
         tokens = processed.argmax(dim=-1)
         if not all(row.params.is_greedy for row in rows):

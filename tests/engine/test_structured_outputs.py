@@ -80,3 +80,19 @@ def test_a_constrained_request_leaves_its_batch_unchanged(llm):
                          use_tqdm=False)
     assert [o.outputs[0].token_ids for o in mixed[:16]] == [o.outputs[0].token_ids for o in alone]
     jsonschema.validate(json.loads(mixed[16].outputs[0].text), schema)
+
+
+def test_json_closes_what_it_opened_before_max_tokens(llm):
+    """A recursive schema lets a model nest without end; near max_tokens the output closes instead, so
+    a model pushed to open arrays forever still ends in valid JSON within its budget."""
+    schema = {"$defs": {"list": {"type": "array", "items": {"$ref": "#/$defs/list"}}}, "$ref": "#/$defs/list"}
+    tokenizer = llm.get_tokenizer()
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    opening = {token_id: 8.0 for token_id, piece in enumerate(pieces) if piece and set(piece) == {"["}}
+    for max_tokens in (40, 90):
+        params = [constrained(StructuredOutputsParams(json=schema), max_tokens=max_tokens, logit_bias=opening, seed=seed)
+                  for seed in range(4)]
+        for output in llm.generate(["Lists:"] * 4, params, use_tqdm=False):
+            completion = output.outputs[0]
+            assert completion.finish_reason == "stop" and len(completion.token_ids) <= max_tokens, completion.text
+            jsonschema.validate(json.loads(completion.text), schema)

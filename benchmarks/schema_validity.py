@@ -6,8 +6,9 @@ items, enums, string patterns, bounded integers, optional fields, one in five re
 ``$ref``) it asks a chat completion with ``response_format: json_schema`` (strict) twice with the same
 seed, once streamed, and checks each output with ``json.loads`` and ``jsonschema``. (The two texts
 may differ: they run in different batches, and bf16 logits change in the last bits with the batch.)
-Outputs that ran out of ``max_tokens`` are counted apart: the grammar
-lets a model nest a recursive schema as deep as it likes, and a small one sometimes does.
+Outputs that ran out of ``max_tokens`` are counted apart (a recursive
+schema lets a model nest as deep as it likes; JSON outputs close what they have open near
+``max_tokens`` so that this does not cut them).
 
     python -m benchmarks.schema_validity --out benchmarks/results/schema_validity.json
 """

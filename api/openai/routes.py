@@ -8,15 +8,17 @@ from engine import AsyncLLMEngine
 
 from ..options import ServerOptions
 from ..text import check_request_text
-from .protocol import ChatCompletionRequest, CompletionRequest
+from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving_chat import OpenAIServingChat
 from .serving_completion import OpenAIServingCompletion
+from .serving_tokenize import OpenAIServingTokenize
 
 
 def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     router = APIRouter(dependencies=[Depends(check_request_text)])
     completions = OpenAIServingCompletion(engine, options)
     chat = OpenAIServingChat(engine, options)
+    tokens = OpenAIServingTokenize(engine, options)
 
     @router.get("/v1/models")
     async def list_models() -> dict:
@@ -32,5 +34,13 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
         return await chat.create(body, raw)
+
+    @router.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict:
+        return tokens.tokenize(body)
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict:
+        return tokens.detokenize(body)
 
     return router

@@ -33,10 +33,13 @@ class OpenAIServing:
     def model_name(self) -> str:
         return self.options.served_model_name
 
-    def check_common(self, body: SamplingFields) -> None:
-        if body.model is not None and body.model != self.model_name:
-            raise APIError(f"The model `{body.model}` does not exist; this server serves `{self.model_name}`.",
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(f"The model `{model}` does not exist; this server serves `{self.model_name}`.",
                            status=404, param="model", code="model_not_found")
+
+    def check_common(self, body: SamplingFields) -> None:
+        self.check_model(body.model)
         if body.stream_options is not None and not body.stream:
             raise APIError("stream_options is only allowed with stream: true", param="stream_options")
 

@@ -25,10 +25,11 @@ from .serving_base import OpenAIServing, raise_if_aborted, sse_events, usage
 
 class OpenAIServingChat(OpenAIServing):
     def _messages(self, body: ChatCompletionRequest) -> list[dict[str, Any]]:
-        return [self._message(i, m) for i, m in enumerate(body.messages)]
+        return [self.message(i, m) for i, m in enumerate(body.messages)]
 
     @staticmethod
-    def _message(index: int, message: ChatMessage) -> dict[str, Any]:
+    def message(index: int, message: ChatMessage) -> dict[str, Any]:
+        """A request message as chat templates read it."""
         content = message.content
         if isinstance(content, list):
             unsupported = [part.type for part in content if part.type != "text"]

@@ -23,6 +23,8 @@ BASES = {
     "/v1/chat/completions": {"messages": MESSAGES, "max_tokens": 2},
     "/v2/models/{model}/generate": {"text_input": "Hello", "parameters": {"max_tokens": 2}},
     "/v2/models/{model}/generate_stream": {"text_input": "Hello", "parameters": {"max_tokens": 2}},
+    "/tokenize": {"prompt": "Hello"},
+    "/detokenize": {"tokens": [1, 2]},
     "/v2/models/{model}/infer": {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["Hi"]},
                                             {"name": "max_tokens", "datatype": "INT32", "shape": [1], "data": [2]}]},
 }
@@ -35,6 +37,8 @@ FIELDS = {
     "/v2/models/{model}/generate": ["text_input", "parameters", "max_tokens", "stop", "temperature", "id"],
     "/v2/models/{model}/generate_stream": ["text_input", "parameters", "max_tokens", "stop", "temperature"],
     "/v2/models/{model}/infer": ["inputs", "outputs", "parameters", "id"],
+    "/tokenize": ["prompt", "messages", "add_special_tokens", "return_token_strs", "chat_template_kwargs", "model"],
+    "/detokenize": ["tokens", "model"],
 }
 # Where each route takes text: a hostile string goes into one of these (a path of keys and indexes).
 TEXT_FIELDS = {
@@ -44,6 +48,8 @@ TEXT_FIELDS = {
     "/v2/models/{model}/generate": [("text_input",), ("parameters", "stop"), ("id",)],
     "/v2/models/{model}/generate_stream": [("text_input",), ("parameters", "stop")],
     "/v2/models/{model}/infer": [("inputs", 0, "data", 0), ("id",), ("inputs", 0, "name")],
+    "/tokenize": [("prompt",), ("model",)],
+    "/detokenize": [("model",)],
 }
 # Token counts that would make a valid request generate for long; the fuzzer skips them.
 LONG_RUNS = range(3, 100_000)

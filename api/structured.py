@@ -42,7 +42,12 @@ def structured_outputs_from(body: Mapping[str, Any]) -> tuple[StructuredOutputsP
             value = _json(value, name)
         return StructuredOutputsParams(**{GUIDED_FIELDS[name]: value}), name
     except InvalidSamplingParam as err:
-        raise APIError(str(err).replace("structured_outputs", name, 1), param=name) from None
+        raise named_error(err, name) from None
+
+
+def named_error(err: InvalidSamplingParam, field: str) -> APIError:
+    """The engine's error about a constraint, as a 400 naming the field the client used for it."""
+    return APIError(str(err).replace("structured_outputs", field, 1), param=field)
 
 
 def _response_format(spec: dict) -> StructuredOutputsParams:

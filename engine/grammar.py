@@ -63,7 +63,7 @@ def grammar_text(params: StructuredOutputsParams) -> str:
     if params.regex is not None:
         return LLMatcher.grammar_from_regex(params.regex)
     if params.choice is not None:
-        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in params.choice))
+        return grammar_from("choice", list(params.choice))
     try:
         return grammar_from("grammar", params.grammar)  # Lark, or GBNF converted to Lark
     except ValueError as err:

@@ -8,7 +8,6 @@ its length), or one output at the end (FINAL_ONLY). A request with n > 1 is a gr
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,8 +131,6 @@ class OutputProcessor:
             state, parent = self.sequences[child.parent_id]
             matcher = None if parent.matcher is None else parent.matcher.deep_copy()  # before the parent advances
             self._add_sequence(state, child, len(state.sequences), matcher, parent.grammar_active)
-            if parent.json_depth is not None:
-                state.sequences[-1].json_depth = copy.copy(parent.json_depth)
 
     def record_prompt_logprobs(self, prompt_logits: dict[str, torch.Tensor], start_positions: dict[str, int]) -> None:
         """Logits at positions p predict prompt token p + 1; positions past the prompt are ignored."""

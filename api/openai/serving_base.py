@@ -14,7 +14,7 @@ from engine import (AsyncLLMEngine, CompletionOutput, InvalidSamplingParam, Requ
 from ..errors import APIError, as_api_error, error_body
 from ..options import ServerOptions
 from ..structured import FIELDS as CONSTRAINT_FIELDS
-from ..structured import structured_outputs_from
+from ..structured import named_error, structured_outputs_from
 from .protocol import SamplingFields
 
 # Our SamplingParams names -> the OpenAI field a client sent.
@@ -59,7 +59,7 @@ class OpenAIServing:
         try:
             await self.engine.compile_grammar(constraint)
         except InvalidSamplingParam as err:
-            raise APIError(str(err).replace("structured_outputs", field, 1), param=field) from None
+            raise named_error(err, field) from None
         return constraint
 
     def sampling_params(self, body: SamplingFields, max_tokens: int, logprobs: int | None, logprobs_field: str,

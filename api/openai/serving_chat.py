@@ -64,7 +64,8 @@ class OpenAIServingChat(OpenAIServing):
             return tools, parser, None
         if choice == "required":
             return tools, parser, parser.forced_grammar(tools, parallel=body.parallel_tool_calls)
-        name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        function = choice.get("function") if isinstance(choice, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
         chosen = [tool for tool in tools if tool["function"]["name"] == name]
         if not chosen:
             raise APIError(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", "

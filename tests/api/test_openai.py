@@ -121,6 +121,8 @@ def _post(server, path, body, headers=None):
     ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}],
                               "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice", None),
     ("/v1/chat/completions", {"messages": MESSAGES, "tool_choice": "required"}, 400, "tool_choice", None),
+    ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": {"type": "function", "function": "f"}}, 400, "tool_choice", None),
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "", "tool_calls": [
         {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}, 400,
      "messages.0.tool_calls.0.function.arguments", None),

@@ -58,7 +58,10 @@ class StructuredOutputsParams:
                 raise InvalidSamplingParam("structured_outputs", f"structured_outputs.{name} must be a non-empty string")
         if self.begin_after is not None and (not isinstance(self.begin_after, str) or not self.begin_after):
             raise InvalidSamplingParam("structured_outputs", "structured_outputs.begin_after must be a non-empty string")
-        if self.choice is not None and (not self.choice or not all(isinstance(c, str) and c for c in self.choice)):
+        if not isinstance(self.json_object, bool):
+            raise InvalidSamplingParam("structured_outputs", "structured_outputs.json_object must be true or false")
+        if self.choice is not None and (not isinstance(self.choice, (list, tuple)) or not self.choice
+                                        or not all(isinstance(c, str) and c for c in self.choice)):
             raise InvalidSamplingParam("structured_outputs",
                                        "structured_outputs.choice must be a list of non-empty strings")
 

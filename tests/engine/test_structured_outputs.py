@@ -69,6 +69,9 @@ def test_params_take_exactly_one_constraint():
         StructuredOutputsParams(json={"type": "object"}, regex="a")
     with pytest.raises(InvalidSamplingParam, match="exactly one"):
         StructuredOutputsParams()
+    for wrong in ({"choice": 5}, {"choice": "yes"}, {"json_object": "yes"}, {"regex": 3}, {"json": 7}):
+        with pytest.raises(InvalidSamplingParam, match="structured_outputs"):
+            StructuredOutputsParams(**wrong)
 
 
 def test_a_constrained_request_leaves_its_batch_unchanged(llm):

@@ -1,4 +1,5 @@
-"""``build_app(engine, ...)``: one FastAPI app serving the OpenAI API and the Open Inference Protocol."""
+"""``build_app(engine, ...)``: one FastAPI app serving the OpenAI API, Anthropic's Messages API and the Open
+Inference Protocol."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi.responses import Response
 
 from engine import AsyncLLMEngine
 
+from .anthropic.routes import build_router as build_anthropic_router
 from .errors import APIError, error_response, install_error_handlers
 from .metrics import EngineMetrics
 from .oip.routes import build_router as build_oip_router
@@ -41,14 +43,16 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
     engine.add_output_listener(log_finished_request)
 
     if options.api_key:
-        expected = f"Bearer {options.api_key}".encode()
+        bearer, key = f"Bearer {options.api_key}".encode(), options.api_key.encode()
 
         @app.middleware("http")
         async def require_api_key(request: Request, call_next):
+            """The key as OpenAI clients send it (``Authorization: Bearer``) or as Anthropic's (``x-api-key``)."""
             path = request.url.path
             if request.method != "OPTIONS" and path not in OPEN_PATHS:
                 given = request.headers.get("authorization", "").encode()
-                if not secrets.compare_digest(given, expected):
+                given_key = request.headers.get("x-api-key", "").encode()
+                if not (secrets.compare_digest(given, bearer) or secrets.compare_digest(given_key, key)):
                     return error_response(path, APIError("invalid or missing API key", status=401))
             return await call_next(request)
 
@@ -67,5 +71,6 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(build_openai_router(engine, options))
+    app.include_router(build_anthropic_router(engine, options))
     app.include_router(build_oip_router(engine, options))
     return app

@@ -1,7 +1,8 @@
-"""Errors in the two shapes the APIs promise: OpenAI's ``{"error": {...}}`` and OIP's ``{"error": "..."}``.
+"""Errors in the three shapes the APIs promise: OpenAI's ``{"error": {...}}``, Anthropic's
+``{"type": "error", "error": {...}}`` and OIP's ``{"error": "..."}``.
 
-Which shape a failure takes depends only on the path (``/v2`` is OIP, everything else
-OpenAI), so FastAPI's own errors (bad JSON, 404, 405) come out right on both APIs.
+Which shape a failure takes depends only on the path (``/v2`` is OIP, ``/v1/messages`` Anthropic,
+everything else OpenAI), so FastAPI's own errors (bad JSON, 404, 405) come out right on every API.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away: nobod
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 503: "server_error"}
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error"}
 
 
 class APIError(Exception):
@@ -31,6 +35,10 @@ class APIError(Exception):
 
 def is_oip_path(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def as_api_error(err: BaseException) -> APIError:
@@ -56,8 +64,16 @@ def error_body(path: str, error: APIError) -> dict:
     """The error in the shape of the API that ``path`` belongs to (also one SSE event of a failed stream)."""
     if is_oip_path(path):
         return {"error": error.message}
+    if is_anthropic_path(path):
+        return anthropic_error(error)
     return {"error": {"message": error.message, "type": _TYPES.get(error.status, "server_error"),
                       "param": error.param, "code": error.code}}
+
+
+def anthropic_error(error: APIError) -> dict:
+    """Anthropic's error object (also the data of a failed stream's ``error`` event)."""
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
+                                       "message": error.message}}
 
 
 def error_response(path: str, error: APIError) -> JSONResponse:

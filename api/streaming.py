@@ -1,10 +1,13 @@
-"""Helpers for consuming several engine output streams at once."""
+"""Helpers for consuming several engine output streams at once, and for sending typed event streams."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, TypeVar
+import json
+from typing import AsyncIterator, Callable, TypeVar
+
+from .errors import APIError, as_api_error
 
 T = TypeVar("T")
 _DONE = object()
@@ -51,3 +54,14 @@ async def last_outputs(iterators: list[AsyncIterator[T]]) -> list[T]:
         async for index, item in items:
             finals[index] = item
     return finals
+
+
+async def typed_sse(events: AsyncIterator[dict], error_event: Callable[[APIError], dict]) -> AsyncIterator[dict]:
+    """Server-sent events named by their payload's ``type`` (the Responses and Anthropic streams); a failure
+    after the 200 goes out as one last event, ``error_event``'s, in the API's own shape."""
+    try:
+        async for event in events:
+            yield {"event": event["type"], "data": json.dumps(event, ensure_ascii=False)}
+    except Exception as err:  # noqa: BLE001 - reported to the client, which raises it
+        event = error_event(as_api_error(err))
+        yield {"event": event["type"], "data": json.dumps(event, ensure_ascii=False)}

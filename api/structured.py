@@ -58,11 +58,17 @@ def _response_format(spec: dict) -> StructuredOutputsParams:
         raise APIError(f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}",
                        param="response_format.type")
     described = spec.get("json_schema")
-    schema = described.get("schema") if isinstance(described, dict) else None
+    if not isinstance(described, dict):
+        raise APIError("response_format.json_schema must be an object", param="response_format.json_schema")
+    return json_schema_params(described.get("schema"), described.get("strict"), "response_format.json_schema")
+
+
+def json_schema_params(schema: Any, strict: Any, field: str) -> StructuredOutputsParams:
+    """OpenAI's json_schema output format (``field`` holds the schema and strict): without strict,
+    keywords we cannot enforce are ignored, as OpenAI does."""
     if not isinstance(schema, dict):
-        raise APIError("response_format.json_schema.schema must be a JSON schema (an object)",
-                       param="response_format.json_schema")
-    if not described.get("strict"):  # as OpenAI without strict: keywords we cannot enforce are ignored
+        raise APIError(f"{field}.schema must be a JSON schema (an object)", param=f"{field}.schema")
+    if not strict:
         schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), "lenient": True}}
     return StructuredOutputsParams(json=schema)
 

@@ -41,6 +41,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False  # no compiled decode step on the CPU, no CUDA graphs on CUDA
     kernels: str | None = None  # "auto" (Triton on CUDA, torch elsewhere), "triton", "torch"; None: $ENGINE_KERNELS
+    chat_template: str | None = None  # a Jinja chat template, or a file holding one, instead of the model's
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineConfig":

@@ -73,7 +73,7 @@ class LLMEngine:
         compile_decode = device.type == "cpu" and not config.enforce_eager and ops.name == "torch"
         if compile_decode:  # before loading: loading weights already settles torch's default cache folder
             use_compile_cache(cache_dir() / "inductor")
-        self.tokenizer = load_tokenizer(source)
+        self.tokenizer = load_tokenizer(source, config.chat_template)
         quant = quant_format_from(hf_config, None if source.is_gguf else source.path, config.quantization)
         dequantize = config.quantization == "none"
         # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .loader import ModelSource
 
 
-def load_tokenizer(source: ModelSource):
+def load_tokenizer(source: ModelSource, chat_template: str | None = None):
+    """The model's tokenizer; ``chat_template`` (Jinja text or a file holding it) replaces its template,
+    as for a model whose own template does not render tools."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.meta_path)
+    tokenizer = AutoTokenizer.from_pretrained(source.meta_path)
+    if chat_template is not None:
+        tokenizer.chat_template = read_chat_template(chat_template)
+    return tokenizer
+
+
+def read_chat_template(template: str) -> str:
+    if "{{" in template or "{%" in template:
+        return template
+    path = Path(template).expanduser()
+    if not path.is_file():
+        raise ValueError(f"chat_template must be a Jinja template or a file holding one; {template!r} is neither")
+    return path.read_text()
 
 
 def apply_chat_template(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = True,

@@ -77,3 +77,23 @@ def test_schema_validity_benchmark_checks_every_output(tiny_model_factory, tmp_p
     for name in ("plain", "streamed"):  # a random model: only the grammar makes its outputs valid
         finished = [r for r in results["results"] if r[name]["finish_reason"] == "stop"]
         assert finished and all(r[name]["valid"] for r in finished)
+
+
+def test_agent_loop_benchmark_reports_cache_hits_per_turn(tiny_model_factory, tmp_path):
+    out = tmp_path / "agent_loop.json"
+    _run("agent_loop", "--model", str(tiny_model_factory("llama")), "--turns", "2", "--result-words", "8", "--max-tokens", "32",
+         "--engine-args=--enforce-eager --max-model-len 512", "--out", str(out), "--plot", str(tmp_path / "a.png"),
+         "--logs", str(tmp_path / "logs"))
+    results = json.loads(out.read_text())
+    runs = {(run["server"], run["api"]): run for run in results["runs"]}
+    assert set(runs) == {(server, api) for server in ("prefix caching", "no prefix caching")
+                         for api in ("responses", "messages")}
+    for (server, _), run in runs.items():
+        assert [turn["turn"] for turn in run["turns"]] == [1, 2]
+        prompts = [turn["prompt_tokens"] for turn in run["turns"]]
+        assert prompts == sorted(prompts) and prompts[0] < prompts[-1]  # the conversation grows each turn
+        if server == "no prefix caching":
+            assert all(turn["cached_tokens"] == 0 for turn in run["turns"])
+        else:  # every later turn reuses the earlier turns' blocks
+            assert all(turn["cached_tokens"] >= prompts[0] // 2 for turn in run["turns"][1:])
+    assert (tmp_path / "a.png").stat().st_size > 0

@@ -137,3 +137,33 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
+class ResponsesRequest(BaseModel):
+    """POST /v1/responses. Items and tools stay plain JSON here: api/openai/responses_input.py checks
+    them one by one, naming the item that is wrong."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Optional[str] = None
+    input: Union[str, list[Any]]
+    instructions: Optional[str] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Any] = None
+    parallel_tool_calls: bool = True
+    text: Optional[dict[str, Any]] = None
+    reasoning: Optional[dict[str, Any]] = None
+    max_output_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    stream: bool = False
+    store: Optional[bool] = None
+    previous_response_id: Optional[str] = None
+    conversation: Optional[Any] = None
+    background: Optional[bool] = None
+    metadata: Optional[dict[str, Any]] = None
+    user: Optional[str] = None
+    # vLLM's extras
+    top_k: Optional[int] = None
+    seed: Optional[int] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None

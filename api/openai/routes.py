@@ -8,9 +8,10 @@ from engine import AsyncLLMEngine
 
 from ..options import ServerOptions
 from ..text import check_request_text
-from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from .serving_chat import OpenAIServingChat
 from .serving_completion import OpenAIServingCompletion
+from .serving_responses import OpenAIServingResponses
 from .serving_tokenize import OpenAIServingTokenize
 
 
@@ -18,6 +19,7 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     router = APIRouter(dependencies=[Depends(check_request_text)])
     completions = OpenAIServingCompletion(engine, options)
     chat = OpenAIServingChat(engine, options)
+    responses = OpenAIServingResponses(engine, options)
     tokens = OpenAIServingTokenize(engine, options)
 
     @router.get("/v1/models")
@@ -34,6 +36,10 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     @router.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request):
         return await chat.create(body, raw)
+
+    @router.post("/v1/responses")
+    async def create_response(body: ResponsesRequest, raw: Request):
+        return await responses.create(body, raw)
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict:

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from engine import CompletionOutput, RequestOutput, StructuredOutputsParams
+from engine import AsyncLLMEngine, CompletionOutput, RequestOutput
 
+from ..chat_output import ChatOutput
+from ..chat_pipeline import ChatPipeline, ChatQuery, function_tool, template_tool_call
 from ..disconnect import unless_disconnected
 from ..errors import APIError
-from ..reasoning import END as REASONING_END
-from ..reasoning import ReasoningParser, prompt_leaves_thinking_open
+from ..options import ServerOptions
+from ..serving import raise_if_aborted
 from ..streaming import last_outputs, merge
-from ..tool_parsers import PARSERS, ToolParser, parser_for_template
-from .chat_output import ChatOutput
+from ..structured import FIELDS as CONSTRAINT_FIELDS
+from ..structured import structured_outputs_from
 from .protocol import ChatCompletionRequest, ChatMessage
-from .serving_base import OpenAIServing, raise_if_aborted, sse_events, usage
+from .serving_base import OpenAIServing, sse_events, usage
 
 
 class OpenAIServingChat(OpenAIServing):
-    def _messages(self, body: ChatCompletionRequest) -> list[dict[str, Any]]:
-        return [self.message(i, m) for i, m in enumerate(body.messages)]
+    def __init__(self, engine: AsyncLLMEngine, options: ServerOptions) -> None:
+        super().__init__(engine, options)
+        self.pipeline = ChatPipeline(engine, options)
 
     @staticmethod
     def message(index: int, message: ChatMessage) -> dict[str, Any]:
@@ -47,35 +48,26 @@ class OpenAIServingChat(OpenAIServing):
             rendered["name"] = message.name
         return rendered
 
-    def _tool_plan(self, body: ChatCompletionRequest) -> tuple[list[dict] | None, ToolParser | None,
-                                                              StructuredOutputsParams | None]:
-        """The tools the template shows, the parser of the output's calls, and the grammar forcing calls
-        (tool_choice "required" or a named function)."""
+    def _query(self, body: ChatCompletionRequest, max_tokens: int | None) -> ChatQuery:
         if body.functions:
             raise APIError("functions is deprecated and not supported; use tools", param="functions")
-        tools = _checked_tools(body.tools)
-        choice = body.tool_choice if body.tool_choice is not None else ("auto" if tools else "none")
-        if choice == "none":
-            return None, None, None
-        if not tools:
-            raise APIError("tool_choice needs tools", param="tool_choice")
-        parser = PARSERS[self.options.tool_call_parser or parser_for_template(self.tokenizer.chat_template)]()
-        if choice == "auto":
-            return tools, parser, None
-        if choice == "required":
-            return tools, parser, parser.forced_grammar(tools, parallel=body.parallel_tool_calls)
-        function = choice.get("function") if isinstance(choice, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        chosen = [tool for tool in tools if tool["function"]["name"] == name]
-        if not chosen:
-            raise APIError(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", "
-                           f"\"function\": {{\"name\": ...}}}} naming one of the tools, got {choice!r}",
-                           param="tool_choice")
-        return tools, parser, parser.forced_grammar(chosen, parallel=False)
-
-    def _output_parser(self, prompt: str, tools: ToolParser | None) -> ChatOutput:
-        reasoning = ReasoningParser(prompt) if self.options.reasoning_parser else None
-        return ChatOutput(reasoning, tools)
+        choice, name = body.tool_choice, None
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if choice.get("type") != "function" or not isinstance(name, str):
+                raise APIError(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", "
+                               f"\"function\": {{\"name\": ...}}}}, got {choice!r}", param="tool_choice")
+            choice = "function"
+        elif choice not in (None, "none", "auto", "required"):
+            raise APIError(f"tool_choice must be 'none', 'auto', 'required' or an object naming a function, "
+                           f"got {choice!r}", param="tool_choice")
+        return ChatQuery(
+            messages=[self.message(i, m) for i, m in enumerate(body.messages)], tools=_checked_tools(body.tools),
+            tool_choice=choice, tool_name=name, parallel_tool_calls=body.parallel_tool_calls,
+            constraint=structured_outputs_from(body.model_dump(include=set(CONSTRAINT_FIELDS))),
+            max_tokens=max_tokens, n=body.n, template_kwargs=body.chat_template_kwargs or {},
+            add_generation_prompt=body.add_generation_prompt, continue_final_message=body.continue_final_message)
 
     async def create(self, body: ChatCompletionRequest, raw: Request):
         self.check_common(body)
@@ -85,33 +77,16 @@ class OpenAIServingChat(OpenAIServing):
             raise APIError(f"{field} must be >= 1, got {given_max}", param=field)
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError("top_logprobs requires logprobs: true", param="top_logprobs")
-        tools, tool_parser, forced = self._tool_plan(body)
-        template_kwargs = {**(body.chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
-        try:
-            prompt, token_ids = self.engine.render_chat(
-                self._messages(body), add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message, **template_kwargs,
-            )
-        except APIError:
-            raise
-        except Exception as err:  # a template that cannot render these messages is the request's fault
-            raise APIError(f"the chat template could not render the messages: {err}", param="messages") from None
-        # without max_tokens, the completion may fill the context, and needs room for one token
-        self.check_limits(len(token_ids), body.n, 1 if given_max is None else given_max, "messages")
-        max_tokens = given_max if given_max is not None else self.engine.max_model_len - len(token_ids)
+        prepared = await self.pipeline.prepare(self._query(body, given_max))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        # where the prompt leaves a <think> open, the thinking stays free and the constraint starts after it;
-        # otherwise the constraint holds from the first token (a model that would open <think> cannot)
-        thinks = self.options.reasoning_parser and prompt_leaves_thinking_open(prompt)
-        constraint = await self.constraint(body, forced, begin_after=REASONING_END if thinks else None)
-        params = self.sampling_params(body, max_tokens, logprobs, "top_logprobs", constraint=constraint)
+        params = self.sampling_params(body, prepared.max_tokens, logprobs, "top_logprobs",
+                                      constraint=prepared.constraint)
         request_id = self.new_id("chatcmpl")
-        stream = self.engine.generate(prompt, params, request_id, prompt_token_ids=token_ids)
-        new_output = functools.partial(self._output_parser, prompt, tool_parser)
+        stream = self.engine.generate(prepared.prompt, params, request_id, prompt_token_ids=prepared.token_ids)
         if body.stream:
-            return EventSourceResponse(sse_events(self._stream(body, request_id, stream, new_output)))
+            return EventSourceResponse(sse_events(self._stream(body, request_id, stream, prepared.new_output)))
         (final,) = await unless_disconnected(raw, last_outputs([stream]))
-        return self._response(body, request_id, final, new_output)
+        return self._response(body, request_id, final, prepared.new_output)
 
     def _response(self, body: ChatCompletionRequest, request_id: str, final: RequestOutput,
                   new_output: Callable[[], ChatOutput]) -> dict:
@@ -182,28 +157,21 @@ class OpenAIServingChat(OpenAIServing):
 
 def _checked_tools(tools: list[Any] | None) -> list[dict] | None:
     """OpenAI tools: ``{"type": "function", "function": {"name": ..., "parameters": {...}}}`` each."""
+    checked = []
     for index, tool in enumerate(tools or []):
         function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict) \
-                or not isinstance(function.get("name"), str) or not function["name"]:
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
             raise APIError('each tool must be {"type": "function", "function": {"name": ..., ...}}',
                            param=f"tools.{index}")
-        if not isinstance(function.get("parameters", {}), dict):
-            raise APIError("a function's parameters must be a JSON schema (an object)",
-                           param=f"tools.{index}.function.parameters")
-    return tools or None
+        checked.append(function_tool(function.get("name"), function.get("parameters"), function.get("description"),
+                                     f"tools.{index}.function", "parameters"))
+    return checked or None
 
 
 def _template_tool_call(call: Any, field: str) -> dict:
-    """An assistant message's tool call as chat templates read it: arguments as an object, not JSON text."""
     function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+    if not isinstance(function, dict):
         raise APIError('a tool call must be {"id": ..., "type": "function", "function": {"name": ..., '
                        '"arguments": ...}}', param=field)
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (ValueError, RecursionError):
-            raise APIError("a tool call's arguments must be JSON", param=f"{field}.function.arguments") from None
-    return {"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    return template_tool_call(call.get("id"), function.get("name"), function.get("arguments", {}),
+                              f"{field}.function")

@@ -14,7 +14,8 @@ from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..streaming import last_outputs, merge
 from .protocol import CompletionRequest
-from .serving_base import OpenAIServing, raise_if_aborted, sse_events, usage
+from ..serving import raise_if_aborted
+from .serving_base import OpenAIServing, sse_events, usage
 
 
 class OpenAIServingCompletion(OpenAIServing):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from typing import Callable
 import httpx
 import pytest
 
+TEMPLATE = Path(__file__).parent.parent / "fixtures" / "qwen2.5_chat_template.jinja"
 STARTUP_TIMEOUT_S = 600  # a first start compiles the decode step (~5 min cold on 2 cores, ~30 s cached)
 
 
@@ -95,3 +98,30 @@ def metric(server: Server, name: str) -> float:
     if not found:
         raise KeyError(f"{name} not in /metrics")
     return total
+
+
+def make_qwen_style(source: Path, folder: Path) -> Path:
+    """``source`` with the Qwen2.5 chat template and, as in Qwen3's tokenizer, ``<think>`` and ``</think>`` as
+    tokens of their own (two unused special tokens of the default tokenizer, renamed and made ordinary)."""
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    (folder / "chat_template.jinja").write_text(TEMPLATE.read_text())
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    renamed = {3: "<think>", 4: "</think>"}
+    for token in tokenizer["added_tokens"]:
+        if token["id"] in renamed:
+            old, token["content"], token["special"] = token["content"], renamed[token["id"]], False
+            tokenizer["model"]["vocab"][token["content"]] = tokenizer["model"]["vocab"].pop(old)
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_server(tiny_model_factory, tmp_path_factory):
+    """A tiny Qwen-style model (random weights, the Qwen2.5 chat template in tests/fixtures) served with the
+    qwen3 reasoning parser, shared by the tool, Responses and Messages tests: its outputs are valid only
+    where a grammar makes them so, so their assertions are about the server, not the model's skill."""
+    folder = make_qwen_style(tiny_model_factory("qwen2", initializer_range=0.02), tmp_path_factory.mktemp("tiny-qwen"))
+    server = start_server(folder, folder / "server.log", "--served-model-name", "tiny-qwen", "--enforce-eager",
+                          "--max-model-len", "512", "--reasoning-parser", "qwen3")
+    yield server
+    stop_server(server)

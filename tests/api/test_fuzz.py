@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from test_oip import generate_text
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
+MODEL = "{model}"  # the served model's name, filled in per server (Anthropic's API requires it)
 BASES = {
     "/v1/completions": {"prompt": "Hello", "max_tokens": 2},
     "/v1/chat/completions": {"messages": MESSAGES, "max_tokens": 2},
@@ -25,6 +26,9 @@ BASES = {
     "/v2/models/{model}/generate_stream": {"text_input": "Hello", "parameters": {"max_tokens": 2}},
     "/tokenize": {"prompt": "Hello"},
     "/detokenize": {"tokens": [1, 2]},
+    "/v1/responses": {"input": "Hello", "max_output_tokens": 2},
+    "/v1/messages": {"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
+    "/v1/messages/count_tokens": {"model": MODEL, "messages": MESSAGES},
     "/v2/models/{model}/infer": {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["Hi"]},
                                             {"name": "max_tokens", "datatype": "INT32", "shape": [1], "data": [2]}]},
 }
@@ -40,6 +44,11 @@ FIELDS = {
     "/v2/models/{model}/infer": ["inputs", "outputs", "parameters", "id"],
     "/tokenize": ["prompt", "messages", "add_special_tokens", "return_token_strs", "chat_template_kwargs", "model"],
     "/detokenize": ["tokens", "model"],
+    "/v1/responses": ["input", "instructions", "tools", "tool_choice", "text", "max_output_tokens", "temperature",
+                      "top_p", "stream", "store", "previous_response_id", "reasoning", "model", "parallel_tool_calls"],
+    "/v1/messages": ["messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "temperature",
+                     "top_p", "top_k", "stream", "thinking", "output_config", "model"],
+    "/v1/messages/count_tokens": ["messages", "system", "tools", "tool_choice", "thinking", "model"],
 }
 # Where each route takes text: a hostile string goes into one of these (a path of keys and indexes).
 TEXT_FIELDS = {
@@ -51,6 +60,11 @@ TEXT_FIELDS = {
     "/v2/models/{model}/infer": [("inputs", 0, "data", 0), ("id",), ("inputs", 0, "name")],
     "/tokenize": [("prompt",), ("model",)],
     "/detokenize": [("model",)],
+    "/v1/responses": [("input",), ("input", 0, "content"), ("input", 0, "arguments"), ("instructions",),
+                      ("tools", 0, "name"), ("model",)],
+    "/v1/messages": [("messages", 0, "content"), ("messages", 0, "content", 0, "text"), ("system",),
+                     ("stop_sequences", 0), ("tools", 0, "name"), ("model",)],
+    "/v1/messages/count_tokens": [("messages", 0, "content"), ("system",), ("model",)],
 }
 # Token counts that would make a valid request generate for long; the fuzzer skips them.
 LONG_RUNS = range(3, 100_000)
@@ -75,6 +89,14 @@ def _encode(body: dict) -> bytes:
     return json.dumps(body).encode()
 
 
+def _base(route: str, server) -> dict:
+    """A fresh copy of the route's valid body, for this server."""
+    body = json.loads(json.dumps(BASES[route]))
+    if body.get("model") == MODEL:
+        body["model"] = server.model
+    return body
+
+
 def _assert_served(server, route: str, content: bytes) -> None:
     url = server.url + route.format(model=server.model)
     answer = httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=120)
@@ -86,7 +108,7 @@ def _assert_served(server, route: str, content: bytes) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_bodies_never_get_a_5xx(server, route, data):
-    body = json.loads(json.dumps(BASES[route]))
+    body = _base(route, server)
     names = data.draw(st.lists(st.one_of(st.sampled_from(FIELDS[route]), texts), min_size=1, max_size=3))
     for name in names:
         body[name] = data.draw(values.filter(_no_long_run), label=name)
@@ -97,7 +119,7 @@ def test_fuzzed_bodies_never_get_a_5xx(server, route, data):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_hostile_text_in_any_text_field_never_gets_a_5xx(server, route, data):
-    body = json.loads(json.dumps(BASES[route]))
+    body = _base(route, server)
     *parents, last = data.draw(st.sampled_from(TEXT_FIELDS[route]))
     target = body
     for key, inner in zip(parents, [*parents[1:], last]):  # make each step the container the next key needs

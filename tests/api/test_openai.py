@@ -7,6 +7,7 @@ import json
 import signal
 import time
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -229,6 +230,13 @@ def test_api_key_is_required_when_set(default_model, tmp_path):
             openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
         good = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sesame", max_retries=0)
         assert good.completions.create(model=server.model, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
+        # Anthropic's client sends the key as x-api-key, and is refused in Anthropic's error shape
+        ask = dict(model=server.model, max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            anthropic.Anthropic(base_url=server.url, api_key="wrong", max_retries=0).messages.create(**ask)
+        assert refused.value.body["error"]["type"] == "authentication_error"
+        assert anthropic.Anthropic(base_url=server.url, api_key="sesame", max_retries=0).messages.create(
+            **ask).usage.output_tokens >= 1
     finally:
         stop_server(server)
 

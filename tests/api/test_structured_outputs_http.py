@@ -62,7 +62,7 @@ def test_every_spelling_of_a_constraint(server, client):
     ({"guided_regex": "(("}, "guided_regex"),
     ({"structured_outputs": {"grammar": "start: nowhere"}}, "structured_outputs"),
     ({"guided_choice": ["a"], "guided_regex": "a"}, "guided_choice"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema.schema"),
 ])
 def test_a_constraint_that_cannot_compile_is_a_400_naming_its_field(server, extra, field):
     body = {"model": server.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, **extra}

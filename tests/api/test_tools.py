@@ -5,15 +5,11 @@ grammar makes valid, so every assertion is about the server, not the model's ski
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import jsonschema
 import openai
 import pytest
-from conftest import start_server, stop_server
 
-TEMPLATE = Path(__file__).parent.parent / "fixtures" / "qwen2.5_chat_template.jinja"
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
     "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
@@ -24,30 +20,6 @@ TIME = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "additionalProperties": False, "required": ["zone"],
                                        "properties": {"zone": {"type": "string", "pattern": "^[A-Z]{3}$"}}}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-def make_qwen_style(source: Path, folder: Path) -> Path:
-    """``source`` with the Qwen2.5 chat template and, as in Qwen3's tokenizer, ``<think>`` and ``</think>`` as
-    tokens of their own (two unused special tokens of the default tokenizer, renamed and made ordinary)."""
-    shutil.copytree(source, folder, dirs_exist_ok=True)
-    (folder / "chat_template.jinja").write_text(TEMPLATE.read_text())
-    tokenizer = json.loads((folder / "tokenizer.json").read_text())
-    renamed = {3: "<think>", 4: "</think>"}
-    for token in tokenizer["added_tokens"]:
-        if token["id"] in renamed:
-            old, token["content"], token["special"] = token["content"], renamed[token["id"]], False
-            tokenizer["model"]["vocab"][token["content"]] = tokenizer["model"]["vocab"].pop(old)
-    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def qwen_server(tiny_model_factory, tmp_path_factory):
-    folder = make_qwen_style(tiny_model_factory("qwen2", initializer_range=0.02), tmp_path_factory.mktemp("tiny-qwen"))
-    server = start_server(folder, folder / "server.log", "--served-model-name", "tiny-qwen", "--enforce-eager",
-                          "--max-model-len", "512", "--reasoning-parser", "qwen3")
-    yield server
-    stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +87,7 @@ def test_thinking_goes_to_reasoning_and_the_json_to_content(client, qwen_server)
     schema = {"type": "object", "additionalProperties": False, "required": ["answer", "score"],
               "properties": {"answer": {"type": "string", "maxLength": 20},
                              "score": {"type": "integer", "minimum": 0, "maximum": 9}}}
-    bias = {"4": 6.0}  # "</think>", see make_qwen_style
+    bias = {"4": 6.0}  # "</think>", see make_qwen_style in conftest.py
     messages = ASK + [{"role": "assistant", "content": "<think>\n"}]
     for seed in range(3):
         kwargs = dict(model=qwen_server.model, messages=messages, temperature=0.8, seed=seed, max_tokens=250,

@@ -81,6 +81,18 @@ def test_chat_uses_the_template(default_model):
     assert "Paris" in out[0].outputs[0].text
 
 
+def test_a_chat_template_given_replaces_the_models(tiny_model_factory, tmp_path):
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    (tmp_path / "t.jinja").write_text(template)
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    for given in (template, str(tmp_path / "t.jinja")):
+        llm = LLM(str(tiny_model_factory("llama")), max_model_len=64, enforce_eager=True, chat_template=given)
+        out = llm.chat([{"role": "user", "content": "Hi"}], params, use_tqdm=False)
+        assert llm.get_tokenizer().decode(out[0].prompt_token_ids) == "[user] Hi\n[assistant]"
+    with pytest.raises(ValueError, match="chat_template must be a Jinja template or a file"):
+        LLM(str(tiny_model_factory("llama")), max_model_len=64, enforce_eager=True, chat_template="no/such.jinja")
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"temperature": -1.0}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"min_tokens": -1}, "min_tokens"),

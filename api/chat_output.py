@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..reasoning import ReasoningParser
-from ..tool_parsers import ToolCallStream, ToolParser, final_tool_calls
+from .reasoning import ReasoningParser
+from .tool_parsers import ToolCallStream, ToolParser, final_tool_calls
 
 
 class ChatOutput:

@@ -151,3 +151,20 @@ def template_tool_call(call_id: str | None, name: Any, arguments: Any, field: st
         except (ValueError, RecursionError):
             raise APIError("a tool call's arguments must be JSON", param=f"{field}.arguments") from None
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def joined_text(content: Any, field: str, part_types: tuple[str, ...]) -> str:
+    """A string, or a list of text parts (of ``part_types``, each with its ``text``), as one text; a 400
+    naming the first part that is not text (an image, a file)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise APIError("content must be a string or a list of text parts", param=field)
+    texts = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in part_types or not isinstance(part.get("text"), str):
+            raise APIError(f"content parts of type {kind!r} are not supported here (only {list(part_types)})",
+                           param=f"{field}.{index}")
+        texts.append(part["text"])
+    return "".join(texts)

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 and /v2")
+    serve.add_argument("--api-key", default=None,
+                       help="require the key on /v1 and /v2 ('Authorization: Bearer KEY' or 'x-api-key: KEY')")
     serve.add_argument("--allowed-origins", nargs="*", default=[], help="CORS origins ('*' for any)")
     serve.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
     serve.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3_json"),

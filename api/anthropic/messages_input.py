@@ -13,7 +13,7 @@ from typing import Any
 
 from engine import StructuredOutputsParams
 
-from ..chat_pipeline import ChatQuery, function_tool, template_tool_call
+from ..chat_pipeline import ChatQuery, function_tool, joined_text, template_tool_call
 from ..errors import APIError
 from ..structured import json_schema_params
 from .protocol import CountTokensRequest
@@ -51,7 +51,9 @@ def _messages(body: CountTokensRequest) -> list[dict[str, Any]]:
                 raise APIError(f"{message.role} content blocks of type {kind!r} are not supported here "
                                f"(only {list(allowed)})", param=f"{at}.type")
             if kind == "text":
-                turn["content"] += _text([block], at)
+                if not isinstance(block.get("text"), str):
+                    raise APIError("a text block needs its text (a string)", param=f"{at}.text")
+                turn["content"] += block["text"]
             elif kind == "tool_result":
                 messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
                                  "content": _text(block.get("content", ""), f"{at}.content")})
@@ -66,18 +68,7 @@ def _messages(body: CountTokensRequest) -> list[dict[str, Any]]:
 
 
 def _text(content: Any, field: str) -> str:
-    """A string, or text blocks, as one text."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise APIError("content must be a string or a list of text blocks", param=field)
-    texts = []
-    for index, block in enumerate(content):
-        if not (isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)):
-            kind = block.get("type") if isinstance(block, dict) else None
-            raise APIError(f"blocks of type {kind!r} are not supported here (only text)", param=f"{field}.{index}")
-        texts.append(block["text"])
-    return "".join(texts)
+    return joined_text(content, field, ("text",))
 
 
 def _tools(tools: list[Any] | None) -> list[dict] | None:

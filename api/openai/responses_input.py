@@ -13,12 +13,12 @@ from typing import Any
 
 from engine import StructuredOutputsParams
 
-from ..chat_pipeline import ChatQuery, function_tool, template_tool_call
+from ..chat_pipeline import ChatQuery, function_tool, joined_text, template_tool_call
 from ..errors import APIError
 from ..structured import json_schema_params
 from .protocol import ResponsesRequest
 
-TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
+TEXT_PARTS = ("input_text", "output_text", "text", "refusal", "reasoning_text", "summary_text")
 ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 
 
@@ -94,18 +94,7 @@ def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
 
 def _text(content: Any, field: str) -> str:
     """A message's content, a tool's output or a reasoning item's parts as one text."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise APIError("content must be a string or a list of text parts", param=field)
-    texts = []
-    for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in (*TEXT_PARTS, "reasoning_text", "summary_text") or not isinstance(part.get("text"), str):
-            raise APIError(f"content parts of type {kind!r} are not supported (only text parts)",
-                           param=f"{field}.{index}")
-        texts.append(part["text"])
-    return "".join(texts)
+    return joined_text(content, field, TEXT_PARTS)
 
 
 def _tools(tools: list[Any] | None) -> list[dict] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import AsyncIterator
 
 from engine import InvalidSamplingParam, RequestOutput, SamplingParams, StructuredOutputsParams
@@ -25,19 +24,10 @@ class OpenAIServing(Serving):
         if body.stream_options is not None and not body.stream:
             raise APIError("stream_options is only allowed with stream: true", param="stream_options")
 
-    async def constraint(self, body: SamplingFields, forced: StructuredOutputsParams | None = None,
-                         begin_after: str | None = None) -> StructuredOutputsParams | None:
-        """The output constraint the body asks for, or ``forced`` (the tool calls that tool_choice requires),
-        compiled. ``begin_after``: a reasoning model's end of thinking, where the constraint starts."""
+    async def constraint(self, body: SamplingFields) -> StructuredOutputsParams | None:
+        """The output constraint the body asks for (completions; chat goes through the chat pipeline), compiled."""
         asked = structured_outputs_from(body.model_dump(include=set(CONSTRAINT_FIELDS)))
-        if asked is not None and forced is not None:
-            raise APIError(f"{asked[1]} cannot be combined with a tool_choice that forces tool calls", param=asked[1])
-        constraint, field = asked or (forced, "tool_choice")
-        if constraint is None:
-            return None
-        if begin_after is not None:
-            constraint = replace(constraint, begin_after=begin_after)
-        return await self.compile_constraint(constraint, field)
+        return None if asked is None else await self.compile_constraint(*asked)
 
     def sampling_params(self, body: SamplingFields, max_tokens: int, logprobs: int | None, logprobs_field: str,
                         prompt_logprobs: int | None = None,

@@ -12,9 +12,9 @@ from engine import CompletionOutput, RequestOutput
 
 from ..disconnect import unless_disconnected
 from ..errors import APIError
+from ..serving import raise_if_aborted
 from ..streaming import last_outputs, merge
 from .protocol import CompletionRequest
-from ..serving import raise_if_aborted
 from .serving_base import OpenAIServing, sse_events, usage
 
 

@@ -29,7 +29,7 @@ from .quant.format import quant_format_from
 from .quant.lowbit import cpu_int4_available
 from .outputs import RequestMetrics, RequestOutput
 from .sampler import Sampler
-from .sampling_params import SamplingParams
+from .sampling_params import InvalidSamplingParam, SamplingParams
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -129,9 +129,11 @@ class LLMEngine:
         else:
             self.input_processor.validate(prompt_token_ids)
             text = prompt if isinstance(prompt, str) else None
-        bad_bias = [t for t in (params.logit_bias or {}) if t >= self.vocab_size]
-        if bad_bias:
-            raise ValueError(f"logit_bias names token {bad_bias[0]}, outside the vocabulary [0, {self.vocab_size})")
+        for field, tokens in (("logit_bias", params.logit_bias or {}), ("stop_token_ids", params.stop_token_ids)):
+            outside = [t for t in tokens if t >= self.vocab_size]
+            if outside:
+                raise InvalidSamplingParam(field, f"{field} names token {outside[0]}, outside the vocabulary "
+                                                  f"[0, {self.vocab_size})")
         self.check_request(len(prompt_token_ids), params.n)
         stop = StopConditions(
             max_tokens=params.max_tokens,

@@ -149,7 +149,8 @@ def filter_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor
     """min_p (relative to the top probability), then top_k, then top_p; filtered entries become -inf."""
     device = logits.device
     min_p = torch.tensor([row.params.min_p for row in rows], dtype=logits.dtype, device=device)
-    top_k = torch.tensor([row.params.top_k if row.params.top_k > 0 else logits.shape[1] for row in rows], device=device)
+    vocab = logits.shape[1]
+    top_k = torch.tensor([min(row.params.top_k, vocab) if row.params.top_k > 0 else vocab for row in rows], device=device)
     top_p = torch.tensor([row.params.top_p for row in rows], dtype=logits.dtype, device=device)
     if (min_p > 0).any():
         probs = torch.softmax(logits, dim=-1)

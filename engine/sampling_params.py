@@ -6,6 +6,7 @@ The fields and their meaning follow vLLM's ``SamplingParams`` and the OpenAI API
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +111,9 @@ class SamplingParams:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k not in (-1, 0)):
             raise InvalidSamplingParam("top_k", f"top_k must be -1 or 0 (disabled) or an integer >= 1, got {self.top_k!r}")
         _check_range("min_p", self.min_p, 0.0, 1.0)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise InvalidSamplingParam("seed", f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -(2**63) <= self.seed < 2**63):
+            raise InvalidSamplingParam("seed", f"seed must be a 64-bit integer or None, got {self.seed!r}")
         _check_int("max_tokens", self.max_tokens, 1, None)
         _check_int("min_tokens", self.min_tokens, 0, self.max_tokens)
         stops = self.stop_strings
@@ -158,6 +160,15 @@ def _check_int(name: str, value, low: int, high: int | None) -> None:
 
 
 def _check_range(name: str, value, low: float, high: float | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low or (high is not None and value > high):
+    """A finite number in range (an int too large for a float would fail in the sampler's tensors)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or not value >= low \
+            or (high is not None and value > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise InvalidSamplingParam(name, f"{name} must be a number {bound}, got {value!r}")
+        raise InvalidSamplingParam(name, f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

@@ -116,12 +116,18 @@ def make_qwen_style(source: Path, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def qwen_server(tiny_model_factory, tmp_path_factory):
-    """A tiny Qwen-style model (random weights, the Qwen2.5 chat template in tests/fixtures) served with the
-    qwen3 reasoning parser, shared by the tool, Responses and Messages tests: its outputs are valid only
-    where a grammar makes them so, so their assertions are about the server, not the model's skill."""
-    folder = make_qwen_style(tiny_model_factory("qwen2", initializer_range=0.02), tmp_path_factory.mktemp("tiny-qwen"))
-    server = start_server(folder, folder / "server.log", "--served-model-name", "tiny-qwen", "--enforce-eager",
-                          "--max-model-len", "512", "--reasoning-parser", "qwen3")
+def qwen_style_model(tiny_model_factory, tmp_path_factory) -> Path:
+    """A tiny Qwen-style model (random weights, the Qwen2.5 chat template in tests/fixtures): its outputs
+    are valid only where a grammar makes them so, so assertions on it are about the server, not the
+    model's skill."""
+    return make_qwen_style(tiny_model_factory("qwen2", initializer_range=0.02), tmp_path_factory.mktemp("tiny-qwen"))
+
+
+@pytest.fixture(scope="session")
+def qwen_server(qwen_style_model):
+    """The tiny Qwen-style model served with the qwen3 reasoning parser, shared by the tool, Responses and
+    Messages tests."""
+    server = start_server(qwen_style_model, qwen_style_model / "server.log", "--served-model-name", "tiny-qwen",
+                          "--enforce-eager", "--max-model-len", "512", "--reasoning-parser", "qwen3")
     yield server
     stop_server(server)

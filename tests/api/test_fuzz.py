@@ -148,3 +148,15 @@ def test_the_server_serves_normally_after_the_fuzzing(server):
                         json={"model": server.model, "prompt": "Hello", "max_tokens": 2, "temperature": 0})
     assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] == "length"
     assert generate_text(server, "Hi", max_tokens=2)["text_output"]
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v2/models/{model}/generate_stream", {"text_input": "Hi", "temperature": 10**400, "parameters": {"max_tokens": 2}}),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "seed": 2**70}),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2, "stop_token_ids": [2**70], "min_tokens": 1}),
+])
+def test_numbers_the_sampler_cannot_hold_are_400s(server, route, body):
+    """Found by the fuzzer: an integer too large for a float or an int64 failed in the step's tensors."""
+    answer = httpx.post(server.url + route.format(model=server.model), content=_encode(body),
+                        headers={"content-type": "application/json"}, timeout=60)
+    assert answer.status_code == 400, answer.text

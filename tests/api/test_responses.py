@@ -10,6 +10,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from conftest import TEMPLATE, start_server, stop_server
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
@@ -21,6 +22,21 @@ ASK = "What is the weather in Paris?"
 @pytest.fixture(scope="module")
 def client(qwen_server):
     return openai.OpenAI(base_url=f"{qwen_server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def thinking_server(qwen_style_model, tmp_path_factory):
+    """The same model under a template whose generation prompt opens ``<think>``, as DeepSeek-R1's does
+    (given with --chat-template): every reply starts in its thinking."""
+    folder = tmp_path_factory.mktemp("tiny-r1")
+    template = TEMPLATE.read_text().replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+    assert "<think>" in template
+    (folder / "r1.jinja").write_text(template)
+    server = start_server(qwen_style_model, folder / "server.log", "--served-model-name", "tiny-r1",
+                          "--chat-template", str(folder / "r1.jinja"), "--enforce-eager", "--max-model-len", "512",
+                          "--reasoning-parser", "deepseek_r1")
+    yield server
+    stop_server(server)
 
 
 def without_ids(items: list) -> list[dict]:
@@ -70,6 +86,20 @@ def test_text_streams_the_response_it_returns(client, qwen_server, seed):
     check_item_events(events)
     assert final.status == "incomplete" and without_ids(final.output) == without_ids(whole.output)
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
+
+
+def test_thinking_comes_back_as_a_reasoning_item(thinking_server):
+    client = openai.OpenAI(base_url=f"{thinking_server.url}/v1", api_key="unused", max_retries=0)
+    kwargs = dict(model=thinking_server.model, input=ASK, max_output_tokens=10, temperature=0.0)
+    whole = client.responses.create(**kwargs)
+    (item,) = whole.output
+    assert item.type == "reasoning" and item.content[0].type == "reasoning_text" and item.content[0].text
+    assert 0 < whole.usage.output_tokens_details.reasoning_tokens <= 10 and whole.output_text == ""
+    events, final = streamed(client, **kwargs)
+    check_item_events(events)
+    assert without_ids(final.output) == without_ids(whole.output)
+    assert {e.type for e in events} >= {"response.content_part.added", "response.reasoning_text.delta",
+                                        "response.reasoning_text.done", "response.content_part.done"}
 
 
 def test_a_function_call_and_its_output_round_trip(client, qwen_server):

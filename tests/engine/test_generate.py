@@ -100,7 +100,9 @@ def test_a_chat_template_given_replaces_the_models(tiny_model_factory, tmp_path)
      ({"top_k": -2}, "top_k"), ({"min_p": 1.5}, "min_p"), ({"presence_penalty": 3.0}, "presence_penalty"),
      ({"frequency_penalty": -2.5}, "frequency_penalty"), ({"repetition_penalty": 0.0}, "repetition_penalty"),
      ({"logit_bias": {5: 200.0}}, "logit_bias"), ({"logprobs": 21}, "logprobs"), ({"prompt_logprobs": -1}, "prompt_logprobs"),
-     ({"stop": [""]}, "stop"), ({"min_tokens": 5, "max_tokens": 4}, "min_tokens")],
+     ({"stop": [""]}, "stop"), ({"min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+     ({"temperature": 10**400}, "temperature"), ({"temperature": float("inf")}, "temperature"),
+     ({"presence_penalty": float("nan")}, "presence_penalty"), ({"seed": 2**64}, "seed")],
 )
 def test_invalid_sampling_params_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -115,6 +117,20 @@ def test_invalid_sampling_params_name_the_field(kwargs, field):
 def test_invalid_engine_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LLM("unused", **kwargs)
+
+
+def test_token_ids_past_the_vocabulary_are_refused_per_request_and_a_huge_top_k_is_no_filter(tiny_model_factory):
+    """Numbers that fit a SamplingParams but not the sampler's tensors never reach a step."""
+    llm = LLM(str(tiny_model_factory("llama")), max_model_len=64, enforce_eager=True)
+    wide = llm.generate(["Hi"], SamplingParams(max_tokens=3, top_k=2**70, seed=1, ignore_eos=True), use_tqdm=False)
+    plain = llm.generate(["Hi"], SamplingParams(max_tokens=3, seed=1, ignore_eos=True), use_tqdm=False)
+    assert wide[0].outputs[0].token_ids == plain[0].outputs[0].token_ids
+    for field, params in (("stop_token_ids", SamplingParams(max_tokens=2, min_tokens=1, stop_token_ids=[2**70])),
+                          ("logit_bias", SamplingParams(max_tokens=2, logit_bias={2**70: 1.0}))):
+        with pytest.raises(InvalidPromptError) as caught:
+            llm.generate(["Hi", "Hello"], [params, SamplingParams(max_tokens=2)], use_tqdm=False)
+        assert [err.field for err in caught.value.errors.values()] == [field]
+        assert caught.value.outputs[1].outputs[0].token_ids  # the other prompt was answered
 
 
 def test_limits_are_checked_once_and_name_the_field(tiny_model_factory):

@@ -70,6 +70,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser, max_num_seqs: int = 256) 
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                        help="ranks that split the model (one process each; gloo on CPUs, NCCL on GPUs)")
     parser.add_argument("--chat-template", default=None,
                         help="a Jinja chat template, or a file holding one, instead of the model's")
     parser.add_argument("--max-num-seqs", type=int, default=max_num_seqs)
@@ -86,7 +88,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser, max_num_seqs: int = 256) 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     names = ("dtype", "device", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
-             "kv_cache_memory_gb", "num_kv_blocks", "quantization", "enforce_eager", "kernels", "chat_template")
+             "kv_cache_memory_gb", "num_kv_blocks", "quantization", "enforce_eager", "kernels", "chat_template",
+             "tensor_parallel_size")
     return {name: getattr(args, name) for name in names}
 
 

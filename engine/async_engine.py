@@ -19,6 +19,7 @@ from .config import EngineConfig
 from .input_processor import PromptType
 from .llm_engine import EngineStats, LLMEngine, PreparedRequest
 from .outputs import RequestOutput
+from .parallel_runner import RankFailed
 from .sampling_params import SamplingParams, StructuredOutputsParams
 from .token_bytes import TokenBytes
 
@@ -197,10 +198,17 @@ class AsyncLLMEngine:
             self._apply(commands)
             if stopping:
                 self._abort_all(EngineDeadError("the server is shutting down"))
+                self.engine.shutdown()
                 return
             if self.engine.has_unfinished_requests():
                 try:
                     outputs = self.engine.step()
+                except RankFailed as err:  # a tensor-parallel rank is gone: this engine cannot go on
+                    logger.error("%s", err)
+                    self._stopping = True
+                    self._abort_all(EngineDeadError(str(err)))
+                    self.engine.shutdown()
+                    return
                 except Exception as err:  # a bug or a device fault: fail the requests in flight, keep serving
                     logger.exception("engine step failed; aborting the requests in flight")
                     self._abort_all(err)

@@ -23,8 +23,9 @@ from .kv_cache import bytes_per_block, num_blocks_for_memory
 from .compiled_decode import use_compile_cache
 from .loader import load_hf_config, resolve_model
 from .loader.resolve import cache_dir
-from .model_runner import ModelRunner
 from .output_processor import OutputProcessor, RequestState, fork_id
+from .parallel import TensorParallel
+from .parallel_runner import ParallelRunner, RunnerArgs
 from .quant.format import quant_format_from
 from .quant.lowbit import cpu_int4_available
 from .outputs import RequestMetrics, RequestOutput
@@ -70,7 +71,10 @@ class LLMEngine:
 
         started = time.monotonic()
         ops = kernel_set(resolve_kernels(config.kernels, device))
-        compile_decode = device.type == "cpu" and not config.enforce_eager and ops.name == "torch"
+        parallel = config.tensor_parallel_size > 1
+        # the compiled CPU step and CUDA graphs are not yet measured with collectives inside: eager under TP
+        eager = config.enforce_eager or parallel
+        compile_decode = device.type == "cpu" and not eager and ops.name == "torch"
         if compile_decode:  # before loading: loading weights already settles torch's default cache folder
             use_compile_cache(cache_dir() / "inductor")
         self.tokenizer = load_tokenizer(source, config.chat_template)
@@ -78,9 +82,15 @@ class LLMEngine:
         dequantize = config.quantization == "none"
         # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
         low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available()
-        self.runner = ModelRunner(source, hf_config, device, dtype, ops, quant, low_bit=low_bit, dequantize=dequantize)
-        spec = self.runner.model.spec
-        block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.num_kv_heads, spec.head_dim, dtype)
+        runner_args = RunnerArgs(source, hf_config, device, dtype, ops.name, quant, low_bit, dequantize)
+        if parallel:
+            if device.type == "cpu":  # the ranks share the machine's cores
+                torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))
+            self.runner = ParallelRunner(runner_args, config.tensor_parallel_size)
+        else:
+            self.runner = runner_args.build(TensorParallel())
+        spec = self.runner.model.spec  # rank 0's: it holds the most KV heads, so its blocks are the largest
+        block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.local_kv_heads, spec.head_dim, dtype)
         max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
         num_blocks = config.num_kv_blocks or num_blocks_for_memory(
             config.kv_cache_memory_gb, block_bytes, device, config.gpu_memory_utilization,
@@ -95,7 +105,7 @@ class LLMEngine:
             enable_prefix_caching=config.enable_prefix_caching,
         ))
         self.runner.allocate_kv_cache(num_blocks, config.block_size)
-        if device.type == "cuda" and not config.enforce_eager:
+        if device.type == "cuda" and not eager:
             self.runner.capture_decode_graphs(config.max_num_seqs, max_model_len)
         if compile_decode:
             self.runner.compile_decode(config.max_num_seqs)
@@ -194,6 +204,11 @@ class LLMEngine:
         for seq in state.sequences:
             self.scheduler.abort(seq.request.request_id)
         return self.output_processor.abort(request_id)
+
+    def shutdown(self) -> None:
+        """Release what outlives the object: tensor-parallel worker processes (none otherwise)."""
+        if isinstance(self.runner, ParallelRunner):
+            self.runner.shutdown()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

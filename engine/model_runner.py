@@ -16,6 +16,7 @@ from .forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch, Sampl
 from .kv_cache import KVCache
 from .loader import ModelSource, iter_weights
 from .models.registry import build_model
+from .parallel import TensorParallel
 from .quant.format import QuantFormat
 
 logger = logging.getLogger(__name__)
@@ -37,13 +38,14 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype, ops: KernelSet,
-                 quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False) -> None:
+                 quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False,
+                 tp: TensorParallel = TensorParallel()) -> None:
         """``ops``: the kernel set the model runs; ``low_bit``: keep the checkpoint's 4/8-bit weights in
         torch's CPU kernels for small steps; ``dequantize``: compute AWQ/GPTQ layers on dense weights
-        (always so on the CPU)."""
+        (always so on the CPU); ``tp``: this rank's share of a tensor-parallel model."""
         self.device, self.dtype, self.ops = device, dtype, ops
         with torch.device("meta"):  # no random init of weights that are overwritten at once
-            model = build_model(hf_config, ops, quant)
+            model = build_model(hf_config, ops, quant, tp)
         model = model.to(dtype).to_empty(device=device)
         model.load_weights(iter_weights(source), low_bit=low_bit, unpack_quantized=dequantize or device.type == "cpu")
         model.initialize_buffers(device)
@@ -55,9 +57,9 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         spec = self.model.spec
-        self.kv_cache = KVCache(spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
+        self.kv_cache = KVCache(spec.num_layers, num_blocks, block_size, spec.local_kv_heads, spec.head_dim,
                                 self.dtype, self.device)
-        self.planner = AttentionPlanner(self.ops, block_size, spec.num_heads, spec.num_kv_heads)
+        self.planner = AttentionPlanner(self.ops, block_size, spec.local_heads, spec.local_kv_heads)
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """On CUDA: record decode steps as graphs (after the KV cache exists; it is captured by address)."""

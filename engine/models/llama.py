@@ -3,6 +3,9 @@
 Each layer owns its forward (norms and the residual stream inside it); the model loops over
 layers. Projections are fused (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so a layer
 runs two matmuls where Hugging Face runs five; ``load_weights`` maps HF names onto them.
+
+Under tensor parallelism (engine/parallel.py) each rank builds the layers at its share's size and
+``load_weights`` cuts each checkpoint tensor to that share as it arrives.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels import KernelSet
@@ -19,9 +23,10 @@ from ..forward_batch import AttentionMetadata, DecodeMetadata
 from ..layers.attention import paged_attention
 from ..layers.linear import Linear
 from ..layers.rotary import build_cos_sin_cache
+from ..parallel import Shard, TensorParallel
 from ..quant.format import QuantFormat
 from ..quant.linear import QuantLinear
-from ..quant.lowbit import LowBitGroups
+from ..quant.lowbit import LowBitGroups, take_groups
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,24 @@ class DecoderSpec:
     tie_word_embeddings: bool
     max_position: int
     quant: QuantFormat | None = None
+    tp: TensorParallel = TensorParallel()
+
+    @property
+    def kv_shard(self) -> Shard:
+        """This rank's KV heads; it holds the query heads that read them too."""
+        return self.tp.kv_heads(self.num_kv_heads)
+
+    @property
+    def local_kv_heads(self) -> int:
+        return self.kv_shard.size
+
+    @property
+    def local_heads(self) -> int:
+        return self.kv_shard.size * (self.num_heads // self.num_kv_heads)
 
     @classmethod
-    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool, quant: QuantFormat | None = None) -> "DecoderSpec":
+    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool, quant: QuantFormat | None = None,
+                       tp: TensorParallel = TensorParallel()) -> "DecoderSpec":
         num_heads = hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
         return cls(
@@ -60,6 +80,7 @@ class DecoderSpec:
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
             max_position=hf_config.max_position_embeddings,
             quant=quant,
+            tp=tp,
         )
 
 
@@ -84,10 +105,10 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
-        self.ops = ops
-        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        self.q_size = spec.num_heads * spec.head_dim
-        self.kv_size = spec.num_kv_heads * spec.head_dim
+        self.ops, self.tp = ops, spec.tp
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.local_heads, spec.local_kv_heads, spec.head_dim
+        self.q_size = self.num_heads * spec.head_dim
+        self.kv_size = self.num_kv_heads * spec.head_dim
         self.qkv_proj = make_linear(spec, spec.hidden_size, (self.q_size, self.kv_size, self.kv_size), spec.qkv_bias,
                                     f"{prefix}.q_proj", ops)
         self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj", ops)
@@ -104,20 +125,19 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.rotary_embedding(step.positions, q, k, step.cos_sin_cache, True)
         out = paged_attention(q, k, v, *kv_cache, step.attention, self.scale, self.ops)
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
 
 class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
-        self.gate_up_proj = make_linear(spec, spec.hidden_size, (spec.intermediate_size,) * 2, False,
-                                        f"{prefix}.gate_proj", ops)
-        self.down_proj = make_linear(spec, spec.intermediate_size, (spec.hidden_size,), False, f"{prefix}.down_proj",
-                                     ops)
-        self.ops = ops
+        intermediate = spec.tp.intermediate(spec.intermediate_size).size
+        self.gate_up_proj = make_linear(spec, spec.hidden_size, (intermediate,) * 2, False, f"{prefix}.gate_proj", ops)
+        self.down_proj = make_linear(spec, intermediate, (spec.hidden_size,), False, f"{prefix}.down_proj", ops)
+        self.ops, self.tp = ops, spec.tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x))))
 
 
 @dataclass
@@ -150,11 +170,28 @@ class DecoderLayer(nn.Module):
         return self.mlp(hidden), residual
 
 
+class VocabEmbedding(nn.Module):
+    """The token embedding; under tensor parallelism each rank holds a range of the vocabulary's rows,
+    looks up the ids in it (zeros for the others) and the ranks' rows are summed."""
+
+    def __init__(self, spec: DecoderSpec) -> None:
+        super().__init__()
+        self.tp, self.rows = spec.tp, spec.tp.vocab(spec.vocab_size)
+        self.weight = nn.Parameter(torch.empty(self.rows.size, spec.hidden_size), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not self.tp.enabled:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.rows.start
+        outside = (local < 0) | (local >= self.rows.size)
+        hidden = F.embedding(local.masked_fill(outside, 0), self.weight).masked_fill(outside[:, None], 0.0)
+        return self.tp.all_reduce(hidden)
+
+
 class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec, ops: KernelSet) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.embed_tokens.weight.requires_grad_(False)
+        self.embed_tokens = VocabEmbedding(spec)
         self.layers = nn.ModuleList(DecoderLayer(spec, index, ops) for index in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
 
@@ -177,13 +214,13 @@ _STACKED = {
 
 class DecoderForCausalLM(nn.Module):
     def __init__(self, hf_config, ops: KernelSet, qkv_bias: bool = False, qk_norm: bool = False,
-                 quant: QuantFormat | None = None) -> None:
-        """``ops``: the kernel set every layer runs, chosen once for the engine."""
+                 quant: QuantFormat | None = None, tp: TensorParallel = TensorParallel()) -> None:
+        """``ops``: the kernel set every layer runs, chosen once for the engine; ``tp``: this rank's share."""
         super().__init__()
-        self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm, quant)
+        self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm, quant, tp)
         self.model = DecoderModel(spec, ops)
         # tied: the lm_head shares the embedding's dense weight (set by load_weights) and gets its own low-bit kernel
-        self.lm_head = Linear(spec.hidden_size, spec.vocab_size)
+        self.lm_head = Linear(spec.hidden_size, tp.vocab(spec.vocab_size).size)
         self._hf_config = hf_config
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
 
@@ -197,7 +234,8 @@ class DecoderForCausalLM(nn.Module):
         return self.model(input_ids, Step(positions, self.cos_sin_cache, attention), kv_caches)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        """fp32 ``[rows, vocab]`` (every rank gets all of them)."""
+        return self.spec.tp.all_gather(self.lm_head(hidden).float())[:, : self.spec.vocab_size]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]], low_bit: bool = False,
                      unpack_quantized: bool = False) -> None:
@@ -217,6 +255,7 @@ class DecoderForCausalLM(nn.Module):
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
             targets = [name, "lm_head.weight"] if tied and name == "model.embed_tokens.weight" else [name]
+            tensor = _rank_share(self.spec, name, tensor)
             for hf_name in targets:
                 target, shard = _fused_name(hf_name)
                 if target not in tensors:
@@ -255,6 +294,42 @@ class DecoderForCausalLM(nn.Module):
         _copy_checked(destination, tensor, name)
 
 
+def _rank_share(spec: DecoderSpec, name: str, tensor: torch.Tensor | LowBitGroups):
+    """The part of a checkpoint tensor this tensor-parallel rank holds (all of it without tensor parallelism):
+    output rows of the column-parallel layers, input columns of the row-parallel ones, vocabulary rows."""
+    tp = spec.tp
+    if not tp.enabled or not name.endswith((".weight", ".bias")):
+        if tp.enabled and spec.quant is not None and spec.quant.is_quantized(name.rsplit(".", 1)[0]):
+            raise ValueError("tensor parallelism over AWQ/GPTQ packed layers is not supported yet; "
+                             "serve the checkpoint with tensor_parallel_size=1")
+        return tensor
+    kv, head_dim = spec.kv_shard, spec.head_dim
+    group = spec.num_heads // spec.num_kv_heads
+    if ".q_proj." in name:
+        return _take(tensor, 0, Shard(kv.start * group * head_dim, kv.size * group * head_dim))
+    if ".k_proj." in name or ".v_proj." in name:
+        return _take(tensor, 0, Shard(kv.start * head_dim, kv.size * head_dim))
+    if ".o_proj." in name:
+        return _take(tensor, 1, Shard(kv.start * group * head_dim, kv.size * group * head_dim))
+    if ".gate_proj." in name or ".up_proj." in name:
+        return _take(tensor, 0, tp.intermediate(spec.intermediate_size))
+    if ".down_proj." in name:
+        return _take(tensor, 1, tp.intermediate(spec.intermediate_size))
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = tp.vocab(spec.vocab_size)
+        if not isinstance(tensor, torch.Tensor):
+            tensor = tensor.dequantize()
+        part = tensor[rows.start : rows.start + rows.size]
+        return torch.cat((part, part.new_zeros(rows.size - part.shape[0], *part.shape[1:])))  # the padding rows
+    return tensor
+
+
+def _take(tensor: torch.Tensor | LowBitGroups, dim: int, shard: Shard):
+    if isinstance(tensor, torch.Tensor):
+        return shard.take(tensor, dim) if tensor.dim() > dim else tensor  # a bias has no input dimension
+    return take_groups(tensor, dim, shard.start, shard.size)
+
+
 def _fused_name(name: str) -> tuple[str, int | None]:
     """Our parameter name for an HF name, and its part index in a fused projection."""
     for hf_part, (ours, index) in _STACKED.items():
@@ -265,8 +340,8 @@ def _fused_name(name: str) -> tuple[str, int | None]:
 
 def _shard_sizes(spec: DecoderSpec, target: str) -> list[int]:
     if ".qkv_proj." in target:
-        return [spec.num_heads * spec.head_dim] + [spec.num_kv_heads * spec.head_dim] * 2
-    return [spec.intermediate_size] * 2
+        return [spec.local_heads * spec.head_dim] + [spec.local_kv_heads * spec.head_dim] * 2
+    return [spec.tp.intermediate(spec.intermediate_size).size] * 2
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

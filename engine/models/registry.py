@@ -6,6 +6,7 @@ from torch import nn
 
 from kernels import KernelSet
 
+from ..parallel import TensorParallel
 from ..quant.format import QuantFormat
 from .llama import DecoderForCausalLM
 
@@ -20,7 +21,8 @@ _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "q
                 "qwen3": "Qwen3ForCausalLM"}
 
 
-def build_model(hf_config, ops: KernelSet, quant: QuantFormat | None = None) -> nn.Module:
+def build_model(hf_config, ops: KernelSet, quant: QuantFormat | None = None,
+                tp: TensorParallel = TensorParallel()) -> nn.Module:
     names = list(getattr(hf_config, "architectures", None) or [])
     names.append(_MODEL_TYPES.get(hf_config.model_type, hf_config.model_type))  # GGUF configs list none
     for name in names:
@@ -32,5 +34,6 @@ def build_model(hf_config, ops: KernelSet, quant: QuantFormat | None = None) -> 
                 qkv_bias=flags.get("qkv_bias", bool(getattr(hf_config, "attention_bias", False))),
                 qk_norm=flags.get("qk_norm", False),
                 quant=quant,
+                tp=tp,
             )
     raise ValueError(f"architecture {names[0]!r} is not supported; supported: {sorted(_ARCHITECTURES)}")

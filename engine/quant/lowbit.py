@@ -159,3 +159,14 @@ def low_bit_matmul(groups: LowBitGroups, input_order: torch.Tensor | None = None
     if isinstance(groups, Int4Groups):
         return Int4Matmul.from_groups(groups, input_order)
     return Int8Matmul.from_groups(groups)
+
+
+def take_groups(groups: LowBitGroups, dim: int, start: int, size: int) -> LowBitGroups:
+    """Outputs ``start .. start + size`` (``dim`` 0) or inputs (``dim`` 1, whole groups only) of low-bit
+    groups: a tensor-parallel rank's share, still low-bit."""
+    per = 1 if dim == 0 else groups.group_size
+    if start % per or size % per:
+        raise ValueError(f"a shard of inputs {start}..{start + size} cuts groups of {per}")
+    return type(groups)(**{name: getattr(groups, name).narrow(dim, start // (1 if name == "codes" else per),
+                                                              size // (1 if name == "codes" else per))
+                           for name in groups.__dataclass_fields__})

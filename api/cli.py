@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reasoning-parser", default=None, choices=("qwen3", "deepseek_r1"),
                        help="return a reasoning model's <think> ... </think> as reasoning_content")
     serve.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    serve.add_argument("--model-version", default="1",
+                       help="the served version: OIP's model version, OpenAI responses' system_fingerprint")
+    serve.add_argument("--ray", action="store_true",
+                       help="serve as Ray Serve replicas (pip install 'engine[ray]'); RAY_ADDRESS picks a cluster")
+    serve.add_argument("--num-replicas", type=int, default=1, help="with --ray: how many replicas")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--graceful-shutdown-timeout", type=float, default=10.0,
                        help="seconds in-flight requests get to finish on shutdown before they are aborted")
@@ -139,21 +144,46 @@ def run_serve(args: argparse.Namespace) -> int:
     from .app import build_app
     from .options import ServerOptions
 
-    config = EngineConfig.from_kwargs(args.model, **_engine_kwargs(args), seed=args.seed,
-                                      enable_prefix_caching=args.enable_prefix_caching)
-    engine = AsyncLLMEngine.from_config(config)
-    name = args.served_model_name or engine.model_name
-    if "/" in name:
-        raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
-    options = ServerOptions(served_model_name=name, api_key=args.api_key, allowed_origins=args.allowed_origins,
-                            tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
-                            allow_credentials=args.allow_credentials)
+    engine_kwargs = {**_engine_kwargs(args), "seed": args.seed, "enable_prefix_caching": args.enable_prefix_caching}
+    option_kwargs = dict(api_key=args.api_key, allowed_origins=args.allowed_origins,
+                         tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
+                         allow_credentials=args.allow_credentials)
+    if args.ray:
+        return run_ray(args, engine_kwargs, option_kwargs)
+    engine = AsyncLLMEngine.from_config(EngineConfig.from_kwargs(args.model, **engine_kwargs))
+    options = ServerOptions(served_model_name=_served_name(args, engine.model_name), model_version=args.model_version,
+                            **option_kwargs)
     # On SIGTERM let streams run to their end; uvicorn cancels what is left after the timeout,
     # and cancelled streams abort their requests.
     AppStatus.disable_automatic_graceful_drain()
     uvicorn.run(build_app(engine, options), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.graceful_shutdown_timeout)
     return 0
+
+
+def run_ray(args: argparse.Namespace, engine_kwargs: dict, option_kwargs: dict) -> int:
+    """The same server as Ray Serve replicas behind Ray's HTTP proxy on --host/--port (a local Ray
+    instance, or the cluster that RAY_ADDRESS names)."""
+    import ray
+    from ray import serve
+
+    from engine.loader import resolve_model
+
+    from .ray_serve import ServedModel, engine_app
+
+    ray.init()
+    serve.start(http_options={"host": args.host, "port": args.port})
+    served = ServedModel({"model": args.model, **engine_kwargs}, _served_name(args, resolve_model(args.model).name),
+                         args.model_version, option_kwargs)
+    serve.run(engine_app(served, args.num_replicas), name="engine", route_prefix="/", blocking=True)
+    return 0
+
+
+def _served_name(args: argparse.Namespace, model_name: str) -> str:
+    name = args.served_model_name or model_name
+    if "/" in name:
+        raise ValueError(f"served model name {name!r} must not contain '/'; pass --served-model-name")
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,6 @@ from .tensors import INT_TYPES, NUMBER_TYPES, BinaryReader, Tensor, describe, en
 logger = logging.getLogger(__name__)
 
 TEXT_INPUT, TEXT_OUTPUT = "text_input", "text_output"
-MODEL_VERSION = "1"
 
 # The inputs we take: name -> (datatype and shape in the metadata, datatypes accepted).
 # The optional scalar inputs override the request parameters of the same names.
@@ -73,9 +72,9 @@ class GenerateRequest:
     generation: Generation
 
 
-def model_metadata(name: str) -> dict:
+def model_metadata(name: str, version: str) -> dict:
     return {
-        "name": name, "versions": [MODEL_VERSION], "platform": "engine_llm",
+        "name": name, "versions": [version], "platform": "engine_llm",
         "inputs": [{"name": n, "datatype": dt, "shape": shape} for n, (dt, shape, _) in INPUTS.items()],
         "outputs": [{"name": TEXT_OUTPUT, "datatype": "BYTES", "shape": [-1]}],
     }
@@ -83,13 +82,13 @@ def model_metadata(name: str) -> dict:
 
 # ---- responses ----
 
-def encode_infer_response(model_name: str, request: InferRequest, texts: list[str], finish_reasons: list[str],
+def encode_infer_response(model_name: str, model_version: str, request: InferRequest, texts: list[str], finish_reasons: list[str],
                           completion_tokens: int) -> tuple[bytes, int | None]:
     """The infer answer, and the JSON header's length when binary output data follows it.
 
     ``finish_reason`` is one string for one prompt, a JSON array of them (as ``stop``) for several.
     """
-    response: dict = {"model_name": model_name, "model_version": MODEL_VERSION}
+    response: dict = {"model_name": model_name, "model_version": model_version}
     if request.request_id is not None:
         response["id"] = request.request_id
     response["parameters"] = {

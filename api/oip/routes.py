@@ -20,7 +20,7 @@ from engine import AsyncLLMEngine
 from ..options import ServerOptions
 from ..disconnect import unless_disconnected
 from ..errors import APIError
-from .protocol import MODEL_VERSION, model_metadata, parse_generate, parse_infer
+from .protocol import model_metadata, parse_generate, parse_infer
 from .serving import OIPServing
 from .tensors import HEADER_LENGTH
 
@@ -37,7 +37,7 @@ def _server_version() -> str:
 
 def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     router = APIRouter()
-    serving = OIPServing(engine, options.served_model_name)
+    serving = OIPServing(engine, options.served_model_name, options.model_version)
     server_metadata = {"name": "engine", "version": _server_version(), "extensions": EXTENSIONS}
 
     def check_model(request: Request) -> None:
@@ -46,8 +46,8 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
         if model != options.served_model_name:
             raise APIError(f"model '{model}' is not served; this server serves '{options.served_model_name}'",
                            status=404)
-        if version is not None and version != MODEL_VERSION:
-            raise APIError(f"model '{model}' has no version '{version}'; the only version is '{MODEL_VERSION}'",
+        if version is not None and version != options.model_version:
+            raise APIError(f"model '{model}' has no version '{version}'; the only version is '{options.model_version}'",
                            status=404)
 
     @router.get("/v2")
@@ -64,7 +64,7 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
 
     async def get_model_metadata(request: Request) -> dict:
         check_model(request)
-        return model_metadata(options.served_model_name)
+        return model_metadata(options.served_model_name, options.model_version)
 
     async def model_ready(request: Request) -> Response:
         check_model(request)

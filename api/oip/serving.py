@@ -17,22 +17,22 @@ from typing import AsyncGenerator, Awaitable, TypeVar
 from engine import AsyncLLMEngine, CompletionOutput, RequestOutputKind
 
 from ..errors import as_api_error
-from .protocol import MODEL_VERSION, GenerateRequest, Generation, InferRequest, encode_infer_response
+from .protocol import GenerateRequest, Generation, InferRequest, encode_infer_response
 
 T = TypeVar("T")
 
 
 class OIPServing:
-    def __init__(self, engine: AsyncLLMEngine, model_name: str) -> None:
+    def __init__(self, engine: AsyncLLMEngine, model_name: str, model_version: str) -> None:
         self.engine = engine
-        self.model_name = model_name
+        self.model_name, self.model_version = model_name, model_version
 
     async def infer(self, request: InferRequest) -> tuple[bytes, int | None]:
         """The answer body, and its JSON header's length when binary output follows it."""
         completions = await _all_or_none([self._complete(p, request.generation) for p in request.prompts])
         prefixes = request.prompts if request.generation.include_prompt else [""] * len(completions)
         return encode_infer_response(
-            self.model_name, request, [p + c.text for p, c in zip(prefixes, completions)],
+            self.model_name, self.model_version, request, [p + c.text for p, c in zip(prefixes, completions)],
             [c.finish_reason for c in completions], sum(len(c.token_ids) for c in completions),
         )
 
@@ -79,7 +79,7 @@ class OIPServing:
         return final.outputs[0]
 
     def _names(self) -> dict:
-        return {"model_name": self.model_name, "model_version": MODEL_VERSION}
+        return {"model_name": self.model_name, "model_version": self.model_version}
 
 
 async def _all_or_none(works: list[Awaitable[T]]) -> list[T]:

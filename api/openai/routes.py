@@ -27,6 +27,7 @@ def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
         return {"object": "list", "data": [{
             "id": options.served_model_name, "object": "model", "created": completions.created(),
             "owned_by": "engine", "root": options.served_model_name, "max_model_len": engine.max_model_len,
+            "version": options.model_version,
         }]}
 
     @router.post("/v1/completions")

@@ -102,7 +102,7 @@ class OpenAIServingChat(OpenAIServing):
                 "stop_reason": completion.stop_reason,
             })
         return {"id": request_id, "object": "chat.completion", "created": self.created(), "model": self.model_name,
-                "system_fingerprint": None, "choices": choices, "usage": usage([final])}
+                "system_fingerprint": self.options.model_version, "choices": choices, "usage": usage([final])}
 
     async def _stream(self, body: ChatCompletionRequest, request_id: str, stream,
                       new_output: Callable[[], ChatOutput]) -> AsyncIterator[dict]:
@@ -113,7 +113,7 @@ class OpenAIServingChat(OpenAIServing):
 
         def chunk(index: int, delta: dict, logprobs, finish_reason, stop_reason=None) -> dict:
             out = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
-                   "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                   "system_fingerprint": self.options.model_version, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                 "finish_reason": finish_reason, "stop_reason": stop_reason}]}
             if include_usage:
                 out["usage"] = None

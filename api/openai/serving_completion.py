@@ -69,7 +69,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     "stop_reason": completion.stop_reason,
                 })
         return {"id": request_id, "object": "text_completion", "created": self.created(), "model": self.model_name,
-                "choices": choices, "usage": usage(finals)}
+                "system_fingerprint": self.options.model_version, "choices": choices, "usage": usage(finals)}
 
     async def _stream(self, body: CompletionRequest, request_id: str, streams) -> AsyncIterator[dict]:
         """One chunk per choice per engine output; the outputs hold only what is new (DELTA)."""
@@ -91,7 +91,7 @@ class OpenAIServingCompletion(OpenAIServing):
                         logprobs = self._logprobs(body, output, completion, 0, sent_chars.get(index, 0), echo=False)
                     sent_chars[index] = sent_chars.get(index, 0) + len(completion.text)
                     chunk = {"id": request_id, "object": "text_completion", "created": created,
-                             "model": self.model_name,
+                             "model": self.model_name, "system_fingerprint": self.options.model_version,
                              "choices": [{"index": index, "text": text, "logprobs": logprobs,
                                           "finish_reason": completion.finish_reason,
                                           "stop_reason": completion.stop_reason}]}

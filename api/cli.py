@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
 from typing import Sequence
@@ -171,11 +173,21 @@ def run_ray(args: argparse.Namespace, engine_kwargs: dict, option_kwargs: dict) 
 
     from .ray_serve import ServedModel, engine_app
 
-    ray.init()
-    serve.start(http_options={"host": args.host, "port": args.port})
-    served = ServedModel({"model": args.model, **engine_kwargs}, _served_name(args, resolve_model(args.model).name),
-                         args.model_version, option_kwargs)
-    serve.run(engine_app(served, args.num_replicas), name="engine", route_prefix="/", blocking=True)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:  # a Ray of our own, on this machine only
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that Ray's processes are stopped below
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        served = ServedModel({"model": args.model, **engine_kwargs}, _served_name(args, resolve_model(args.model).name),
+                             args.model_version, option_kwargs)
+        serve.run(engine_app(served, args.num_replicas), name="engine", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
     return 0
 
 

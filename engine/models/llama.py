@@ -85,10 +85,12 @@ class DecoderSpec:
 
 
 def make_linear(spec: DecoderSpec, in_features: int, output_sizes: tuple[int, ...], bias: bool,
-                hf_prefix: str, ops: KernelSet) -> nn.Module:
-    """A dense (maybe low-bit backed) linear layer, or a packed one where an AWQ/GPTQ checkpoint quantized it."""
+                hf_prefix: str, ops: KernelSet, whole: tuple[int, tuple[int, ...]]) -> nn.Module:
+    """A dense (maybe low-bit backed) linear layer of this rank's sizes, or a packed one where an AWQ/GPTQ
+    checkpoint quantized it: built ``whole`` (inputs, output sizes of the unsharded layer), loaded whole,
+    then cut to the rank's share (``QuantLinear.keep_share``), so packed words and groups stay intact."""
     if spec.quant is not None and spec.quant.is_quantized(hf_prefix):
-        return QuantLinear(in_features, sum(output_sizes), bias, spec.quant, ops)
+        return QuantLinear(whole[0], sum(whole[1]), bias, spec.quant, ops)
     return Linear(in_features, sum(output_sizes), bias, output_sizes)
 
 
@@ -109,9 +111,11 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = spec.local_heads, spec.local_kv_heads, spec.head_dim
         self.q_size = self.num_heads * spec.head_dim
         self.kv_size = self.num_kv_heads * spec.head_dim
+        whole_q, whole_kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
         self.qkv_proj = make_linear(spec, spec.hidden_size, (self.q_size, self.kv_size, self.kv_size), spec.qkv_bias,
-                                    f"{prefix}.q_proj", ops)
-        self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj", ops)
+                                    f"{prefix}.q_proj", ops, (spec.hidden_size, (whole_q, whole_kv, whole_kv)))
+        self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj", ops,
+                                  (whole_q, (spec.hidden_size,)))
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
         self.scale = spec.head_dim**-0.5
@@ -131,9 +135,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
-        intermediate = spec.tp.intermediate(spec.intermediate_size).size
-        self.gate_up_proj = make_linear(spec, spec.hidden_size, (intermediate,) * 2, False, f"{prefix}.gate_proj", ops)
-        self.down_proj = make_linear(spec, intermediate, (spec.hidden_size,), False, f"{prefix}.down_proj", ops)
+        intermediate, whole = spec.tp.intermediate(spec.intermediate_size).size, spec.intermediate_size
+        self.gate_up_proj = make_linear(spec, spec.hidden_size, (intermediate,) * 2, False, f"{prefix}.gate_proj", ops,
+                                        (spec.hidden_size, (whole, whole)))
+        self.down_proj = make_linear(spec, intermediate, (spec.hidden_size,), False, f"{prefix}.down_proj", ops,
+                                     (whole, (spec.hidden_size,)))
         self.ops, self.tp = ops, spec.tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,6 +272,8 @@ class DecoderForCausalLM(nn.Module):
             if isinstance(module, QuantLinear):
                 module.finalize(has_g_idx=f"{module_name}.g_idx" in loaded)
                 loaded.add(f"{module_name}.g_idx")
+                if self.spec.tp.enabled:
+                    module.keep_share(*_packed_share(self.spec, module_name))
                 if unpack_quantized:
                     self.set_submodule(module_name, module.to_linear(low_bit))
             elif isinstance(module, Linear):
@@ -298,10 +306,8 @@ def _rank_share(spec: DecoderSpec, name: str, tensor: torch.Tensor | LowBitGroup
     """The part of a checkpoint tensor this tensor-parallel rank holds (all of it without tensor parallelism):
     output rows of the column-parallel layers, input columns of the row-parallel ones, vocabulary rows."""
     tp = spec.tp
-    if not tp.enabled or not name.endswith((".weight", ".bias")):
-        if tp.enabled and spec.quant is not None and spec.quant.is_quantized(name.rsplit(".", 1)[0]):
-            raise ValueError("tensor parallelism over AWQ/GPTQ packed layers is not supported yet; "
-                             "serve the checkpoint with tensor_parallel_size=1")
+    packed = spec.quant is not None and "_proj." in name and spec.quant.is_quantized(name.rsplit(".", 1)[0])
+    if not tp.enabled or packed or not name.endswith((".weight", ".bias")):  # a packed layer is loaded whole
         return tensor
     kv, head_dim = spec.kv_shard, spec.head_dim
     group = spec.num_heads // spec.num_kv_heads
@@ -339,9 +345,25 @@ def _fused_name(name: str) -> tuple[str, int | None]:
 
 
 def _shard_sizes(spec: DecoderSpec, target: str) -> list[int]:
+    """The parts of a fused packed layer (loaded whole, whatever the tensor-parallel share)."""
     if ".qkv_proj." in target:
-        return [spec.local_heads * spec.head_dim] + [spec.local_kv_heads * spec.head_dim] * 2
-    return [spec.tp.intermediate(spec.intermediate_size).size] * 2
+        return [spec.num_heads * spec.head_dim] + [spec.num_kv_heads * spec.head_dim] * 2
+    return [spec.intermediate_size] * 2
+
+
+def _packed_share(spec: DecoderSpec, module_name: str) -> tuple[list[Shard] | None, Shard | None]:
+    """A rank's part of a whole packed layer: output ranges (column-parallel) or inputs (row-parallel)."""
+    kv, head_dim, tp = spec.kv_shard, spec.head_dim, spec.tp
+    group = spec.num_heads // spec.num_kv_heads
+    whole_q, whole_kv = spec.num_heads * head_dim, spec.num_kv_heads * head_dim
+    q = Shard(kv.start * group * head_dim, kv.size * group * head_dim)
+    inter = tp.intermediate(spec.intermediate_size)
+    if module_name.endswith("qkv_proj"):
+        k = Shard(whole_q + kv.start * head_dim, kv.size * head_dim)
+        return [q, k, Shard(k.start + whole_kv, k.size)], None
+    if module_name.endswith("gate_up_proj"):
+        return [inter, Shard(spec.intermediate_size + inter.start, inter.size)], None
+    return None, q if module_name.endswith("o_proj") else inter
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

@@ -17,6 +17,7 @@ from kernels import KernelSet, reference
 from kernels.quant_pack import pack_cols, unpack_cols, unpack_layer
 
 from ..layers.linear import Linear
+from ..parallel import Shard
 from .format import QuantFormat
 from .lowbit import int4_groups_from_packed, low_bit_matmul
 
@@ -38,7 +39,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("qzeros", torch.empty((groups, n // pf), dtype=torch.int32))
         self.register_buffer("scales", torch.empty((groups, n), dtype=torch.float16))
         self.register_buffer("g_idx", torch.empty((k,), dtype=torch.int32))
-        self.bias = nn.Parameter(torch.empty(n)) if bias else None
+        self.bias = nn.Parameter(torch.empty(n), requires_grad=False) if bias else None
 
     def columns_per_entry(self, name: str) -> int:
         """How many output columns one entry of this tensor's last dimension covers."""
@@ -63,6 +64,35 @@ class QuantLinear(nn.Module):
             self.qzeros.copy_(pack_cols(zeros, self.config.bits))
         if not has_g_idx:  # AWQ, and GPTQ files written without one
             self.g_idx.copy_(torch.arange(self.in_features, device=self.g_idx.device) // self.group_size)
+
+    @torch.no_grad()
+    def keep_share(self, outputs: list[Shard] | None, inputs: Shard | None) -> None:
+        """Keep a tensor-parallel rank's part of the loaded layer: the output columns in ``outputs`` (column-
+        parallel; each range whole packed words) or the inputs ``inputs`` (row-parallel) with the groups they
+        use, renumbered. Any g_idx order (act-order too) stays exact: groups move with their inputs."""
+        pf = self.config.pack_factor
+        if outputs:
+            if any(s.start % pf or s.size % pf for s in outputs):
+                raise ValueError(f"a tensor-parallel share of outputs {outputs} cuts {pf}-column packed words")
+            columns = torch.cat([torch.arange(s.start, s.start + s.size) for s in outputs])
+            words = columns[::pf] // pf
+            self.qweight = self.qweight[:, words if self.config.method == "awq" else columns].contiguous()
+            self.qzeros = self.qzeros[:, words].contiguous()
+            self.scales = self.scales[:, columns].contiguous()
+            if self.bias is not None:
+                self.bias = nn.Parameter(self.bias[columns].contiguous(), requires_grad=False)
+            self.out_features = len(columns)
+        if inputs is not None:
+            rows_per_word = 1 if self.config.method == "awq" else pf  # GPTQ packs along the inputs
+            if inputs.start % rows_per_word or inputs.size % rows_per_word:
+                raise ValueError(f"a tensor-parallel share of inputs {inputs} cuts packed words")
+            self.qweight = self.qweight[inputs.start // rows_per_word:
+                                        (inputs.start + inputs.size) // rows_per_word].contiguous()
+            g_idx = self.g_idx[inputs.start : inputs.start + inputs.size].long()
+            used = torch.unique(g_idx)
+            self.qzeros, self.scales = self.qzeros[used].contiguous(), self.scales[used].contiguous()
+            self.g_idx = torch.searchsorted(used, g_idx).to(torch.int32)
+            self.in_features = inputs.size
 
     @torch.no_grad()
     def to_linear(self, low_bit: bool) -> Linear:

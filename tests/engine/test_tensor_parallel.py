@@ -11,6 +11,8 @@ import pytest
 
 from engine import LLM, EngineConfig, LLMEngine, SamplingParams
 from engine.parallel_runner import RankFailed
+from engine.quant.checkpoint import quantize_folder_rtn
+from engine.quant.format import QuantFormat
 
 PROMPTS = ["The capital of France is", "Write a haiku about tensors and the people who slice them.",
            "1, 2, 3, 4, 5,", "A long time ago, in a galaxy far, far away, there"]
@@ -39,6 +41,18 @@ def test_two_ranks_give_one_ranks_greedy_tokens_with_preemption_and_chunked_pref
         got, preemptions = greedy(model, 2, **kwargs)
         assert got == want
     assert preemptions > 0
+
+
+@pytest.mark.parametrize("spec", [QuantFormat("awq", 4, 32), QuantFormat("gptq", 4, 32, desc_act=True, v1_zeros=True),
+                                  QuantFormat("gptq", 8, -1, sym=False)], ids=["awq", "gptq4-act-order", "gptq8"])
+def test_packed_awq_and_gptq_layers_split_along_their_groups(spec, tiny_model_factory, tmp_path):
+    """A packed layer is loaded whole and cut to the rank's share: whole packed words, and for the row-parallel
+    layers the groups its inputs use (any act-order)."""
+    folder = tmp_path / "quantized"
+    quantize_folder_rtn(tiny_model_factory("qwen2", initializer_range=0.05), folder, spec)
+    want, _ = greedy(str(folder), 1, max_model_len=64)
+    got, _ = greedy(str(folder), 2, max_model_len=64)
+    assert got == want
 
 
 def test_a_dead_rank_ends_the_engine_with_an_error_and_leaves_no_process(default_model):

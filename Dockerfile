@@ -1,0 +1,35 @@
+# The engine server image: `docker build -t engine:cpu .` (CPU, torch's CPU wheel), or
+# `docker build --build-arg VARIANT=cuda -t engine:cuda .` (torch's default CUDA wheel, for GPUs).
+# Runs `engine serve`; KServe's ServingRuntime (deploy/kserve/) passes the model path and port.
+FROM python:3.11-slim
+
+ARG VARIANT=cpu
+ARG TORCH_VERSION=2.13.0
+
+# inductor compiles the CPU decode step with the system C++ compiler (the base image's Debian release
+# pins its version)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 engine
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY engine ./engine
+COPY kernels ./kernels
+COPY api ./api
+COPY scheduler ./scheduler
+
+RUN if [ "$VARIANT" = "cpu" ]; then \
+        pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
+    else \
+        pip install --no-cache-dir "torch==${TORCH_VERSION}"; \
+    fi \
+    && pip install --no-cache-dir .
+
+USER 1000
+ENV HOME=/home/engine PYTHONUNBUFFERED=1
+EXPOSE 8080
+ENTRYPOINT ["engine"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -19,6 +19,10 @@ import torch
 from .common import timed_generate
 
 
+VARIANTS = [("triton+graphs", {"kernels": "auto"}), ("triton eager", {"kernels": "auto", "enforce_eager": True}),
+            ("torch ops eager", {"kernels": "torch", "enforce_eager": True})]
+
+
 def make_model(folder: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
@@ -48,6 +52,23 @@ def throughput(folder: Path, num_requests: int, input_len: int, output_len: int,
             "token_ids": [o.outputs[0].token_ids for o in outs]}
 
 
+def fp32_agreement(folder: Path, num_requests: int = 8, output_len: int = 32) -> dict:
+    """In fp32 the variants must agree on greedy tokens (bf16 flips near-ties of random weights): the
+    share of sequences equal to Triton + CUDA graphs', per variant."""
+    from engine import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": [(7 * i + j) % 40000 + 100 for j in range(64)]} for i in range(num_requests)]
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    tokens = {}
+    for name, kwargs in VARIANTS:
+        llm = LLM(str(folder), max_model_len=256, dtype="float32", **kwargs)
+        tokens[name] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        del llm
+        torch.cuda.empty_cache()
+    first = tokens["triton+graphs"]
+    return {name: sum(a == b for a, b in zip(ids, first)) / len(first) for name, ids in tokens.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu/e2e.json"))
@@ -56,12 +77,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_model(folder)
-        variants = [("triton+graphs", "auto", {}), ("triton eager", "auto", {"enforce_eager": True}),
-                    ("torch ops eager", "torch", {"enforce_eager": True})]
         for batch in (1, 64):
             baseline_ids = None
-            for name, kernels_choice, kwargs in variants:
-                run = throughput(folder, batch, 128, 128, dtype="bfloat16", kernels=kernels_choice, **kwargs)
+            for name, kwargs in VARIANTS:
+                run = throughput(folder, batch, 128, 128, dtype="bfloat16", **kwargs)
                 ids = run.pop("token_ids")
                 baseline_ids = baseline_ids or ids
                 same = sum(a == b for a, b in zip(ids, baseline_ids)) / len(ids)
@@ -69,6 +88,8 @@ def main() -> None:
                 results["runs"].append(run)
                 print(f"batch {batch:3d} {name:16s} {run['output_tokens_per_s']:9.1f} tok/s  "
                       f"same tokens as graphs: {same:.0%}", flush=True)
+        results["fp32_same_greedy_tokens"] = fp32_agreement(folder)
+        print(f"fp32, same greedy tokens as Triton + graphs: {results['fp32_same_greedy_tokens']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -51,7 +51,9 @@ class TensorParallel:
         return _even(intermediate_size, self.size, self.rank, unit)
 
     def vocab(self, vocab_size: int) -> Shard:
-        """This rank's rows of the embedding and lm_head: equal shards, the last one padded."""
+        """This rank's rows of the embedding and lm_head: equal shards, the last one padded (one rank: all rows)."""
+        if not self.enabled:
+            return Shard(0, vocab_size)
         per_rank = -(-vocab_size // (self.size * VOCAB_UNIT)) * VOCAB_UNIT
         return Shard(self.rank * per_rank, per_rank)
 

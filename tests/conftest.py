@@ -55,11 +55,11 @@ def tiny_model_factory(tmp_path_factory, default_model):
 
     made: dict[str, Path] = {}
 
-    def make(arch: str, initializer_range: float = 0.2) -> Path:
-        key = f"{arch}-{initializer_range}"
+    def make(arch: str, initializer_range: float = 0.2, vocab_size: int = 49152) -> Path:
+        key = f"{arch}-{initializer_range}" + ("" if vocab_size == 49152 else f"-v{vocab_size}")
         if key not in made:
             torch.manual_seed(0)
-            config = _tiny_config(arch, vocab_size=49152, initializer_range=initializer_range)
+            config = _tiny_config(arch, vocab_size=vocab_size, initializer_range=initializer_range)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             folder = tmp_path_factory.mktemp(f"tiny-{key}")
             model.save_pretrained(folder, safe_serialization=True)

@@ -43,6 +43,11 @@ def test_two_ranks_give_one_ranks_greedy_tokens_with_preemption_and_chunked_pref
     assert preemptions > 0
 
 
+def test_a_vocabulary_that_does_not_divide_pads_the_last_ranks_rows(tiny_model_factory):
+    model = str(tiny_model_factory("llama", vocab_size=49153))  # one row past a multiple of 64
+    assert greedy(model, 2, max_model_len=64)[0] == greedy(model, 1, max_model_len=64)[0]
+
+
 @pytest.mark.parametrize("spec", [QuantFormat("awq", 4, 32), QuantFormat("gptq", 4, 32, desc_act=True, v1_zeros=True),
                                   QuantFormat("gptq", 8, -1, sym=False)], ids=["awq", "gptq4-act-order", "gptq8"])
 def test_packed_awq_and_gptq_layers_split_along_their_groups(spec, tiny_model_factory, tmp_path):

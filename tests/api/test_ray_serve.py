@@ -69,6 +69,16 @@ def test_two_replicas_serve_64_concurrent_streams(ray_proxy, tiny_model_factory)
     serve.delete("engine")
 
 
+def test_an_autoscaling_deployment_serves(ray_proxy, tiny_model_factory):
+    config = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
+    serve.run(engine_app(served(tiny_model_factory("llama")), autoscaling_config=config), name="auto",
+              route_prefix="/auto")
+    answer = httpx.post(f"{ray_proxy}/auto/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2},
+                        timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 2
+    serve.delete("auto")
+
+
 def test_a_canary_gets_its_share_of_the_traffic(ray_proxy, tiny_model_factory):
     model = tiny_model_factory("llama")
     for name, (app, prefix) in canary_apps(served(model, "1"), served(model, "2"), 0.2, ray_proxy).items():

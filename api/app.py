@@ -17,29 +17,35 @@ from .anthropic.routes import build_router as build_anthropic_router
 from .errors import APIError, error_response, install_error_handlers
 from .metrics import EngineMetrics
 from .oip.routes import build_router as build_oip_router
+from .oip_grpc.server import start_grpc
 from .openai.routes import build_router as build_openai_router
 from .options import ServerOptions
 from .request_log import log_finished_request
 
 logger = logging.getLogger(__name__)
 
+GRPC_GRACE_S = 10.0
 # Probes and scrapers call these without credentials.
 OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready", "/metrics")
 
 
 def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
+    metrics = EngineMetrics(engine, options.served_model_name)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
         logger.info("serving %s", options.served_model_name)
+        grpc_server = await start_grpc(engine, options, metrics) if options.grpc_address else None
         try:
             yield
         finally:
+            if grpc_server is not None:  # new calls get UNAVAILABLE, calls in flight get the grace period
+                await grpc_server.stop(GRPC_GRACE_S)
             engine.shutdown()
 
     app = FastAPI(title="engine", lifespan=lifespan)
     install_error_handlers(app)
-    metrics = EngineMetrics(engine, options.served_model_name)
     engine.add_output_listener(log_finished_request)
 
     if options.api_key:

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", nargs="?", default=None, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=None,
+                       help="also serve the Open Inference Protocol over gRPC on this port (tritonclient.grpc)")
     serve.add_argument("--served-model-name", default=None, help="the name clients use (default: the model's)")
     serve.add_argument("--api-key", default=None,
                        help="require the key on /v1 and /v2 ('Authorization: Bearer KEY' or 'x-api-key: KEY')")
@@ -149,7 +151,8 @@ def run_serve(args: argparse.Namespace) -> int:
     engine_kwargs = {**_engine_kwargs(args), "seed": args.seed, "enable_prefix_caching": args.enable_prefix_caching}
     option_kwargs = dict(api_key=args.api_key, allowed_origins=args.allowed_origins,
                          tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
-                         allow_credentials=args.allow_credentials)
+                         allow_credentials=args.allow_credentials,
+                         grpc_address=None if args.grpc_port is None else f"{args.host}:{args.grpc_port}")
     if args.ray:
         return run_ray(args, engine_kwargs, option_kwargs)
     engine = AsyncLLMEngine.from_config(EngineConfig.from_kwargs(args.model, **engine_kwargs))

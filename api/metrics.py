@@ -64,6 +64,8 @@ class EngineMetrics:
                              label_names, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.e2e = Histogram("engine:e2e_request_latency_seconds", "Arrival to last token.", label_names,
                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.grpc_requests = Counter("engine:grpc_requests", "gRPC calls handled, by method and status code.",
+                                     label_names + ["method", "code"], registry=self.registry)
         for metric in (self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.e2e):
             metric.labels(**labels)  # expose zeros before the first request
         # request id -> (time of its last output, tokens counted so far)
@@ -93,6 +95,9 @@ class EngineMetrics:
             self.request_success.labels(**labels, finished_reason=reason).inc()
         else:
             self._progress[output.request_id] = (now, stats.num_generated_tokens)
+
+    def count_grpc(self, method: str, code: str) -> None:
+        self.grpc_requests.labels(**self._labels, method=method, code=code).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ from typing import Mapping
 from engine import SamplingParams
 
 from ..errors import APIError
+from ..options import ServerOptions
 from ..structured import FIELDS as CONSTRAINT_FIELDS
 from ..structured import structured_outputs_from
 from ..text import check_text
@@ -72,6 +73,15 @@ class GenerateRequest:
     generation: Generation
 
 
+def check_served(options: ServerOptions, model: str, version: str | None) -> None:
+    """404 unless ``model`` is the served model and ``version``, if any, its version."""
+    if model != options.served_model_name:
+        raise APIError(f"model '{model}' is not served; this server serves '{options.served_model_name}'", status=404)
+    if version and version != options.model_version:
+        raise APIError(f"model '{model}' has no version '{version}'; the only version is '{options.model_version}'",
+                       status=404)
+
+
 def model_metadata(name: str, version: str) -> dict:
     return {
         "name": name, "versions": [version], "platform": "engine_llm",
@@ -113,7 +123,12 @@ def encode_infer_response(model_name: str, model_version: str, request: InferReq
 
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     header, binary = split_body(body, header_length)
-    request = _load_object(header)
+    return infer_request_from(_load_object(header), binary, has_binary=header_length is not None)
+
+
+def infer_request_from(request: dict, binary: bytes, has_binary: bool) -> InferRequest:
+    """An infer request from its JSON form (``binary``: the data of inputs with ``binary_data_size``, in
+    order), as REST sends it and as gRPC's messages are read into (api/oip_grpc/messages.py)."""
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise APIError(f"id must be a string, got {describe(request_id)}")
@@ -121,7 +136,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise APIError(f"inputs must be a non-empty list of tensors, got {describe(inputs)}")
-    reader = BinaryReader(binary, has_header=header_length is not None)
+    reader = BinaryReader(binary, has_header=has_binary)
     tensors: dict[str, Tensor] = {}
     for item in inputs:
         tensor = parse_tensor(item, reader, ACCEPTED_DATATYPES)

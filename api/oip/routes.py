@@ -20,7 +20,7 @@ from engine import AsyncLLMEngine
 from ..options import ServerOptions
 from ..disconnect import unless_disconnected
 from ..errors import APIError
-from .protocol import model_metadata, parse_generate, parse_infer
+from .protocol import check_served, model_metadata, parse_generate, parse_infer
 from .serving import OIPServing
 from .tensors import HEADER_LENGTH
 
@@ -28,7 +28,7 @@ EXTENSIONS = ["generate", "parameters", "binary_tensor_data"]
 MODEL_PATHS = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
 
 
-def _server_version() -> str:
+def server_version() -> str:
     try:
         return importlib.metadata.version("engine")
     except importlib.metadata.PackageNotFoundError:
@@ -38,17 +38,11 @@ def _server_version() -> str:
 def build_router(engine: AsyncLLMEngine, options: ServerOptions) -> APIRouter:
     router = APIRouter()
     serving = OIPServing(engine, options.served_model_name, options.model_version)
-    server_metadata = {"name": "engine", "version": _server_version(), "extensions": EXTENSIONS}
+    server_metadata = {"name": "engine", "version": server_version(), "extensions": EXTENSIONS}
 
     def check_model(request: Request) -> None:
-        """404 unless the path names the served model and, if any, version 1."""
-        model, version = request.path_params["model"], request.path_params.get("version")
-        if model != options.served_model_name:
-            raise APIError(f"model '{model}' is not served; this server serves '{options.served_model_name}'",
-                           status=404)
-        if version is not None and version != options.model_version:
-            raise APIError(f"model '{model}' has no version '{version}'; the only version is '{options.model_version}'",
-                           status=404)
+        """404 unless the path names the served model and, if any, its version."""
+        check_served(options, request.path_params["model"], request.path_params.get("version"))
 
     @router.get("/v2")
     async def get_server_metadata() -> dict:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import AsyncGenerator, Awaitable, TypeVar
 
 from engine import AsyncLLMEngine, CompletionOutput, RequestOutputKind
@@ -22,6 +22,13 @@ from .protocol import GenerateRequest, Generation, InferRequest, encode_infer_re
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class InferResult:
+    texts: list[str]
+    finish_reasons: list[str]
+    completion_tokens: int
+
+
 class OIPServing:
     def __init__(self, engine: AsyncLLMEngine, model_name: str, model_version: str) -> None:
         self.engine = engine
@@ -29,12 +36,23 @@ class OIPServing:
 
     async def infer(self, request: InferRequest) -> tuple[bytes, int | None]:
         """The answer body, and its JSON header's length when binary output follows it."""
+        result = await self.infer_result(request)
+        return encode_infer_response(self.model_name, self.model_version, request, result.texts,
+                                     result.finish_reasons, result.completion_tokens)
+
+    async def infer_result(self, request: InferRequest) -> InferResult:
+        """Every prompt's text (after the prompt itself unless exclude_input_in_output), as REST and gRPC send it."""
         completions = await _all_or_none([self._complete(p, request.generation) for p in request.prompts])
         prefixes = request.prompts if request.generation.include_prompt else [""] * len(completions)
-        return encode_infer_response(
-            self.model_name, self.model_version, request, [p + c.text for p, c in zip(prefixes, completions)],
-            [c.finish_reason for c in completions], sum(len(c.token_ids) for c in completions),
-        )
+        return InferResult([p + c.text for p, c in zip(prefixes, completions)],
+                           [c.finish_reason for c in completions], sum(len(c.token_ids) for c in completions))
+
+    async def stream(self, prompt: str, generation: Generation) -> AsyncGenerator[CompletionOutput, None]:
+        """One prompt's outputs as it generates, each with only the new text (gRPC's ModelStreamInfer)."""
+        params = replace(generation.params, output_kind=RequestOutputKind.DELTA)
+        async with contextlib.aclosing(self.engine.generate(prompt, params, _new_request_id())) as outputs:
+            async for output in outputs:
+                yield output.outputs[0]
 
     async def generate(self, request: GenerateRequest) -> dict:
         completion = await self._complete(request.prompt, request.generation)
@@ -49,12 +67,9 @@ class OIPServing:
         """
         prefix = request.prompt if request.generation.include_prompt else ""
         first = True
-        params = replace(request.generation.params, output_kind=RequestOutputKind.DELTA)
-        outputs = self.engine.generate(request.prompt, params, _new_request_id())
-        async with contextlib.aclosing(outputs):
+        async with contextlib.aclosing(self.stream(request.prompt, request.generation)) as completions:
             try:
-                async for output in outputs:  # only the new text in each
-                    completion = output.outputs[0]
+                async for completion in completions:  # only the new text in each
                     if not completion.text and not completion.finished:
                         continue
                     event = {**self._names(), "text_output": (prefix if first else "") + completion.text}

@@ -36,7 +36,8 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine.start()
         logger.info("serving %s", options.served_model_name)
-        grpc_server = await start_grpc(engine, options, metrics) if options.grpc_address else None
+        draining = lambda: app.state.draining  # noqa: E731 - set when a signal asks the server to stop
+        grpc_server = await start_grpc(engine, options, metrics, draining) if options.grpc_address else None
         try:
             yield
         finally:
@@ -45,6 +46,7 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
             engine.shutdown()
 
     app = FastAPI(title="engine", lifespan=lifespan)
+    app.state.draining = False
     install_error_handlers(app)
     engine.add_output_listener(log_finished_request)
 

@@ -161,8 +161,16 @@ def run_serve(args: argparse.Namespace) -> int:
     # On SIGTERM let streams run to their end; uvicorn cancels what is left after the timeout,
     # and cancelled streams abort their requests.
     AppStatus.disable_automatic_graceful_drain()
-    uvicorn.run(build_app(engine, options), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.graceful_shutdown_timeout)
+    app = build_app(engine, options)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            """The app drains from the signal on: gRPC refuses new calls while HTTP's in-flight finish."""
+            app.state.draining = True
+            super().handle_exit(sig, frame)
+
+    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                  timeout_graceful_shutdown=args.graceful_shutdown_timeout)).run()
     return 0
 
 

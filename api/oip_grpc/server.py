@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import grpc
 
@@ -16,10 +17,12 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 << 20  # prompts and outputs of long contexts, as tritonclient allows
 
 
-async def start_grpc(engine: AsyncLLMEngine, options: ServerOptions, metrics: EngineMetrics) -> grpc.aio.Server:
+async def start_grpc(engine: AsyncLLMEngine, options: ServerOptions, metrics: EngineMetrics,
+                     draining: Callable[[], bool]) -> grpc.aio.Server:
+    """``draining``: whether the server is stopping (new calls get UNAVAILABLE)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    add_to_server(server, engine, options, metrics)
+    add_to_server(server, engine, options, metrics, draining)
     if server.add_insecure_port(options.grpc_address) == 0:
         raise RuntimeError(f"cannot listen for gRPC on {options.grpc_address}")
     await server.start()

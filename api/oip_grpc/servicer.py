@@ -4,7 +4,8 @@ ModelStreamInfer), on the same engine and the same request handling as the REST 
 Errors are gRPC status codes with the REST message (INVALID_ARGUMENT naming the field, NOT_FOUND for
 another model, UNAVAILABLE when the engine is not running, UNAUTHENTICATED without the API key). In a
 stream a request's error is its response's ``error_message``, as Triton sends it, and the stream goes
-on. A cancelled call closes the engine's output iterator, which aborts the request and frees its KV
+on. While the server drains (from SIGTERM), new calls get UNAVAILABLE and calls in flight finish. A
+cancelled call closes the engine's output iterator, which aborts the request and frees its KV
 blocks. Every call is counted in /metrics (``engine:grpc_requests_total``) by method and code.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 
@@ -39,7 +40,7 @@ def handled(method):
     async def call(self: "InferenceServicer", request, context: grpc.aio.ServicerContext):
         code = grpc.StatusCode.CANCELLED  # unless the call gets further
         try:
-            self.authorize(context)
+            self.admit(context)
             response = await method(self, request, context)
             code = grpc.StatusCode.OK
             return response
@@ -54,12 +55,16 @@ def handled(method):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: AsyncLLMEngine, options: ServerOptions, metrics: EngineMetrics) -> None:
-        self.engine, self.options, self.metrics = engine, options, metrics
+    def __init__(self, engine: AsyncLLMEngine, options: ServerOptions, metrics: EngineMetrics,
+                 draining: Callable[[], bool]) -> None:
+        self.engine, self.options, self.metrics, self.draining = engine, options, metrics, draining
         self.serving = OIPServing(engine, options.served_model_name, options.model_version)
 
-    def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """The API key, when the server has one, from the call's metadata (as Bearer or x-api-key)."""
+    def admit(self, context: grpc.aio.ServicerContext) -> None:
+        """A new call: refused while the server drains; the API key, when the server has one, from the call's
+        metadata (as Bearer or x-api-key)."""
+        if self.draining():
+            raise APIError("the server is shutting down", status=503)
         key = self.options.api_key
         if key is None:
             return
@@ -108,12 +113,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         ``finish_reason`` and ``triton_final_response``."""
         code = grpc.StatusCode.CANCELLED
         try:
-            self.authorize(context)
+            self.admit(context)
             async for request in requests:
                 async for response in self._stream_one(request):
                     yield response
             code = grpc.StatusCode.OK
-        except APIError as err:  # the API key: the whole stream is refused
+        except APIError as err:  # draining, or the API key: the whole stream is refused
             code = STATUS_CODES.get(err.status, grpc.StatusCode.INTERNAL)
             await context.abort(code, err.message)
         finally:
@@ -146,6 +151,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return infer_response(self.options.served_model_name, self.options.model_version, request, texts, parameters)
 
 
-def add_to_server(server: grpc.aio.Server, engine: AsyncLLMEngine, options: ServerOptions,
-                  metrics: EngineMetrics) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, options, metrics), server)
+def add_to_server(server: grpc.aio.Server, engine: AsyncLLMEngine, options: ServerOptions, metrics: EngineMetrics,
+                  draining: Callable[[], bool]) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, options, metrics, draining), server)

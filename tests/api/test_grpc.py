@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
 import time
 
 import httpx
@@ -151,3 +152,29 @@ def test_200_grpc_streams_and_200_http_streams_at_once(grpc_server):
 
     results = asyncio.run(both())
     assert len(results) == 400 and all(results)
+
+
+def test_a_draining_server_refuses_new_calls_and_finishes_those_in_flight(default_model, tmp_path):
+    port = free_port()
+    server = start_server(default_model, tmp_path / "drain.log", "--served-model-name", "smollm2", "--grpc-port",
+                          str(port), "--max-model-len", "256", "--enforce-eager")
+    try:
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client, httpx.Client(timeout=120) as http:
+            body = {"text_input": "Tell a long story.", "parameters": {"max_tokens": 120, "ignore_eos": True}}
+            with http.stream("POST", f"{server.url}/v2/models/smollm2/generate_stream", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))  # in flight
+                server.process.send_signal(signal.SIGTERM)
+                deadline, refused = time.monotonic() + 10, None
+                while refused is None and time.monotonic() < deadline:
+                    try:
+                        client.is_server_live()
+                    except InferenceServerException as err:
+                        refused = err
+                assert refused is not None and refused.status() == "StatusCode.UNAVAILABLE"
+                events = [line for line in lines if line.startswith("data:")]
+                assert '"finish_reason": "length"' in events[-1]  # the stream in flight ran to its end
+        server.process.wait(timeout=60)  # uvicorn ends by re-raising the signal, after its shutdown
+        assert "Application shutdown complete" in server.log()
+    finally:
+        stop_server(server)

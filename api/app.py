@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from engine import AsyncLLMEngine
 
@@ -25,8 +27,10 @@ from .request_log import log_finished_request
 logger = logging.getLogger(__name__)
 
 GRPC_GRACE_S = 10.0
-# Probes and scrapers call these without credentials.
-OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready", "/metrics")
+# Probes and scrapers call these without credentials, and the chat page loads without them (its calls
+# to the API carry the key).
+OPEN_PATHS = ("/health", "/v2/health/live", "/v2/health/ready", "/metrics", "/")
+UI_FOLDER = Path(__file__).parent / "ui"
 
 
 def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
@@ -57,7 +61,7 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
         async def require_api_key(request: Request, call_next):
             """The key as OpenAI clients send it (``Authorization: Bearer``) or as Anthropic's (``x-api-key``)."""
             path = request.url.path
-            if request.method != "OPTIONS" and path not in OPEN_PATHS:
+            if request.method != "OPTIONS" and path not in OPEN_PATHS and not path.startswith("/ui/"):
                 given = request.headers.get("authorization", "").encode()
                 given_key = request.headers.get("x-api-key", "").encode()
                 if not (secrets.compare_digest(given, bearer) or secrets.compare_digest(given_key, key)):
@@ -77,6 +81,13 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if options.ui:
+        @app.get("/", include_in_schema=False)
+        async def chat_page() -> FileResponse:
+            return FileResponse(UI_FOLDER / "index.html")
+
+        app.mount("/ui", StaticFiles(directory=UI_FOLDER), name="ui")
 
     app.include_router(build_openai_router(engine, options))
     app.include_router(build_anthropic_router(engine, options))

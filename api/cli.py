@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     serve.add_argument("--model-version", default="1",
                        help="the served version: OIP's model version, OpenAI responses' system_fingerprint")
+    serve.add_argument("--no-ui", dest="ui", action="store_false", help="no chat page at /")
     serve.add_argument("--ray", action="store_true",
                        help="serve as Ray Serve replicas (pip install 'engine[ray]'); RAY_ADDRESS picks a cluster")
     serve.add_argument("--num-replicas", type=int, default=1, help="with --ray: how many replicas")
@@ -151,7 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
     engine_kwargs = {**_engine_kwargs(args), "seed": args.seed, "enable_prefix_caching": args.enable_prefix_caching}
     option_kwargs = dict(api_key=args.api_key, allowed_origins=args.allowed_origins,
                          tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
-                         allow_credentials=args.allow_credentials,
+                         allow_credentials=args.allow_credentials, ui=args.ui,
                          grpc_address=None if args.grpc_port is None else f"{args.host}:{args.grpc_port}")
     if args.ray:
         return run_ray(args, engine_kwargs, option_kwargs)

@@ -16,4 +16,5 @@ class ServerOptions:
     tool_call_parser: str | None = None  # the tool-call format; None: the one the chat template uses
     reasoning_parser: str | None = None  # split <think> ... </think> into reasoning_content
     grpc_address: str | None = None  # host:port of OIP over gRPC beside HTTP; None: no gRPC
-    model_version: str = "1"  # OIP's model version, and the system_fingerprint of OpenAI responses (canaries)
+    model_version: str = "1"
+    ui: bool = True  # the chat page at /  # OIP's model version, and the system_fingerprint of OpenAI responses (canaries)

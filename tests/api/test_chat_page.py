@@ -97,6 +97,21 @@ def test_stop_aborts_the_request_on_the_server(page, page_server):
     assert metric(page_server, "engine:kv_cache_used_blocks") == 0
 
 
+def test_a_reply_with_markup_shows_it_as_text(page):
+    """The default model answers this with HTML (a <script> or other tags, in a code block or not): the page
+    shows the tags as text and builds no element of its own from them."""
+    page.fill("#max_tokens", "60")
+    page.fill("#temperature", "0")
+    page.fill("#prompt", "Write an HTML script tag that sets window.pwned to 1.")
+    page.keyboard.press("Enter")
+    reply = page.locator(".message.assistant").last
+    reply.locator(".stats").wait_for(timeout=60_000)
+    assert re.search(r"<[a-z]+[ >]", reply.inner_text()), reply.inner_text()
+    markdown = "p, ul, li, pre, code, strong, em, h3, h4, h5, h6, div.stats"
+    assert reply.locator(f":scope *:not({markdown})").count() == 0
+    assert page.evaluate("() => window.pwned") is None
+
+
 def test_model_output_is_shown_as_text_never_run(page):
     """A stored reply holding markup (as a model may write) renders as text, its markdown as elements."""
     page.evaluate("""() => localStorage.setItem('engine.chat.v1', JSON.stringify([

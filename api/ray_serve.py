@@ -29,6 +29,7 @@ from .app import build_app
 from .options import ServerOptions
 
 REPLICA_HEADER = "x-engine-replica"
+MAX_ONGOING_REQUESTS = 256  # per replica: the engine's own scheduler queues what it cannot run yet
 HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "keep-alive", "host"}
 
 
@@ -71,7 +72,7 @@ def engine_app(served: ServedModel, num_replicas: int | None = 1, autoscaling_co
                name: str = "engine") -> Application:
     """The replicas of one model version: a fixed ``num_replicas``, or Ray's ``autoscaling_config``
     (``{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}``)."""
-    deployment = serve.deployment(EngineReplica, name=name, max_ongoing_requests=256,
+    deployment = serve.deployment(EngineReplica, name=name, max_ongoing_requests=MAX_ONGOING_REQUESTS,
                                   num_replicas=None if autoscaling_config else num_replicas,
                                   autoscaling_config=autoscaling_config)
     return deployment.bind(served)
@@ -115,6 +116,7 @@ def canary_apps(stable: ServedModel, canary: ServedModel, canary_fraction: float
     return {
         "stable": (engine_app(stable, num_replicas, name="stable"), "/stable"),
         "canary": (engine_app(canary, num_replicas, name="canary"), "/canary"),
-        "router": (serve.deployment(CanaryRouter, name="router").bind(proxy_url, "/stable", "/canary",
-                                                                      canary_fraction), "/"),
+        # the router only waits on the versions: as many requests in flight as they take together
+        "router": (serve.deployment(CanaryRouter, name="router", max_ongoing_requests=2 * MAX_ONGOING_REQUESTS)
+                   .bind(proxy_url, "/stable", "/canary", canary_fraction), "/"),
     }

@@ -14,10 +14,11 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from engine import StructuredOutputsParams
+from engine import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 from .chat_output import ChatOutput
 from .errors import APIError
+from .output_blocks import OutputBlocks
 from .reasoning import END as REASONING_END
 from .reasoning import ReasoningParser, prompt_leaves_thinking_open
 from .serving import Serving
@@ -59,6 +60,20 @@ class PreparedChat:
     def new_output(self) -> ChatOutput:
         """A parser of one output of this prompt (one per choice)."""
         return ChatOutput(ReasoningParser(self.prompt) if self.split_reasoning else None, self.tool_parser)
+
+    def output_blocks(self, whole_text: str | None = None) -> OutputBlocks:
+        """The blocks of one output: empty, for a stream to feed, or made of ``whole_text`` (a reply not streamed)."""
+        blocks = OutputBlocks(self.new_output())
+        if whole_text is not None:
+            blocks.feed(whole_text, final=True)
+        return blocks
+
+    def sampling_params(self, stream: bool, **given: Any) -> SamplingParams:
+        """Sampling for this prompt: its max_tokens and constraint, only new text per output when ``stream``, and
+        the fields the client gave (None: the engine's default). ``InvalidSamplingParam`` names one out of range."""
+        return SamplingParams(max_tokens=self.max_tokens, structured_outputs=self.constraint,
+                              output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+                              **{name: value for name, value in given.items() if value is not None})
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from typing import AsyncIterator
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from engine import AsyncLLMEngine, CompletionOutput, RequestOutput, RequestOutputKind, SamplingParams
+from engine import AsyncLLMEngine, CompletionOutput, RequestOutput
 
 from ..chat_pipeline import ChatPipeline, PreparedChat
 from ..disconnect import unless_disconnected
 from ..errors import APIError, anthropic_error
 from ..options import ServerOptions
-from ..output_blocks import Block, BlockEvent, OutputBlocks
+from ..output_blocks import Block, BlockEvent
 from ..serving import Serving, raise_if_aborted
 from ..streaming import last_outputs, merge, typed_sse
 from .messages_input import messages_query
@@ -45,11 +45,8 @@ class AnthropicServingMessages(Serving):
         if body.max_tokens < 1:
             raise APIError(f"max_tokens must be >= 1, got {body.max_tokens}", param="max_tokens")
         prepared = await self.pipeline.prepare(messages_query(body, body.max_tokens))
-        given = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k}
-        params = SamplingParams(
-            max_tokens=prepared.max_tokens, stop=body.stop_sequences, structured_outputs=prepared.constraint,
-            output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
-            **{name: value for name, value in given.items() if value is not None})
+        params = prepared.sampling_params(body.stream, stop=body.stop_sequences, temperature=body.temperature,
+                                          top_p=body.top_p, top_k=body.top_k)
         message_id = self.new_id("msg", "_")
         stream = self.engine.generate(prepared.prompt, params, message_id, prompt_token_ids=prepared.token_ids)
         if body.stream:
@@ -57,8 +54,7 @@ class AnthropicServingMessages(Serving):
         (final,) = await unless_disconnected(raw, last_outputs([stream]))
         (completion,) = final.outputs
         raise_if_aborted(completion)
-        blocks = OutputBlocks(prepared.new_output())
-        blocks.feed(completion.text, final=True)
+        blocks = prepared.output_blocks(completion.text)
         reason, sequence = _stop(completion, blocks.made_calls())
         return {**self._message(message_id, final), "content": [_content_block(b) for b in blocks.blocks],
                 "stop_reason": reason, "stop_sequence": sequence}
@@ -73,7 +69,7 @@ class AnthropicServingMessages(Serving):
 
     async def _events(self, message_id: str, stream: AsyncIterator[RequestOutput],
                       prepared: PreparedChat) -> AsyncIterator[dict]:
-        blocks = OutputBlocks(prepared.new_output())
+        blocks = prepared.output_blocks()
         final = None
         async with contextlib.aclosing(merge([stream])) as outputs:
             async for _, output in outputs:  # each output holds only what is new (DELTA)

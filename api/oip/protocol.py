@@ -92,6 +92,11 @@ def model_metadata(name: str, version: str) -> dict:
 
 # ---- responses ----
 
+def finish_reason_parameter(finish_reasons: list[str]) -> str:
+    """One prompt's finish reason, or a JSON array of several (as ``stop`` is sent), for REST and gRPC alike."""
+    return finish_reasons[0] if len(finish_reasons) == 1 else json.dumps(finish_reasons)
+
+
 def encode_infer_response(model_name: str, model_version: str, request: InferRequest, texts: list[str], finish_reasons: list[str],
                           completion_tokens: int) -> tuple[bytes, int | None]:
     """The infer answer, and the JSON header's length when binary output data follows it.
@@ -102,7 +107,7 @@ def encode_infer_response(model_name: str, model_version: str, request: InferReq
     if request.request_id is not None:
         response["id"] = request.request_id
     response["parameters"] = {
-        "finish_reason": finish_reasons[0] if len(finish_reasons) == 1 else json.dumps(finish_reasons),
+        "finish_reason": finish_reason_parameter(finish_reasons),
         "completion_tokens": completion_tokens,
     }
     outputs, binary = [], []

@@ -21,7 +21,7 @@ from engine import AsyncLLMEngine
 
 from ..errors import APIError, as_api_error
 from ..metrics import EngineMetrics
-from ..oip.protocol import InferRequest, check_served, infer_request_from, model_metadata
+from ..oip.protocol import InferRequest, check_served, finish_reason_parameter, infer_request_from, model_metadata
 from ..oip.routes import EXTENSIONS, server_version
 from ..oip.serving import OIPServing
 from ..options import ServerOptions
@@ -105,7 +105,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         parsed = self._parse(request)
         result = await self.serving.infer_result(parsed)
-        return self._response(parsed, result.texts, {"finish_reason": ",".join(result.finish_reasons),
+        return self._response(parsed, result.texts, {"finish_reason": finish_reason_parameter(result.finish_reasons),
                                                       "completion_tokens": result.completion_tokens})
 
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context):
@@ -145,7 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _parse(self, request: pb.ModelInferRequest) -> InferRequest:
         check_served(self.options, request.model_name, request.model_version)
         form, binary = request_form(request)
-        return infer_request_from(form, binary, has_binary=bool(binary) or bool(request.raw_input_contents))
+        return infer_request_from(form, binary, has_binary=len(request.raw_input_contents) > 0)
 
     def _response(self, request: InferRequest, texts: list[str], parameters: dict) -> pb.ModelInferResponse:
         return infer_response(self.options.served_model_name, self.options.model_version, request, texts, parameters)

@@ -16,13 +16,13 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from engine import AsyncLLMEngine, RequestOutput, RequestOutputKind, SamplingParams
+from engine import AsyncLLMEngine, RequestOutput
 
 from ..chat_pipeline import ChatFields, ChatPipeline, PreparedChat
 from ..disconnect import unless_disconnected
 from ..errors import APIError
 from ..options import ServerOptions
-from ..output_blocks import Block, BlockEvent, OutputBlocks
+from ..output_blocks import Block, BlockEvent
 from ..serving import Serving, raise_if_aborted
 from ..streaming import last_outputs, merge, typed_sse
 from .protocol import ResponsesRequest
@@ -45,11 +45,8 @@ class OpenAIServingResponses(Serving):
         if body.max_output_tokens is not None and body.max_output_tokens < 1:
             raise APIError(f"max_output_tokens must be >= 1, got {body.max_output_tokens}", param="max_output_tokens")
         prepared = await self.pipeline.prepare(responses_query(body), ChatFields(messages="input"))
-        given = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k, "seed": body.seed}
-        params = SamplingParams(
-            max_tokens=prepared.max_tokens, structured_outputs=prepared.constraint,
-            output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
-            **{name: value for name, value in given.items() if value is not None})
+        params = prepared.sampling_params(body.stream, temperature=body.temperature, top_p=body.top_p,
+                                          top_k=body.top_k, seed=body.seed)
         response_id = self.new_id("resp", "_")
         stream = self.engine.generate(prepared.prompt, params, response_id, prompt_token_ids=prepared.token_ids)
         reply = ResponseBuilder(self, body, response_id)
@@ -58,10 +55,8 @@ class OpenAIServingResponses(Serving):
         (final,) = await unless_disconnected(raw, last_outputs([stream]))
         (completion,) = final.outputs
         raise_if_aborted(completion)
-        blocks = OutputBlocks(prepared.new_output())
-        blocks.feed(completion.text, final=True)
         return reply.response(final, [reply.item(block, self.new_id(ITEM_PREFIX[block.kind], "_"), done=True)
-                                      for block in blocks.blocks])
+                                      for block in prepared.output_blocks(completion.text).blocks])
 
 
 class ResponseBuilder:
@@ -114,7 +109,7 @@ class ResponseBuilder:
     async def events(self, stream: AsyncIterator[RequestOutput], prepared: PreparedChat) -> AsyncIterator[dict]:
         yield self.event("response.created", response=self.response(None, []))
         yield self.event("response.in_progress", response=self.response(None, []))
-        blocks = OutputBlocks(prepared.new_output())
+        blocks = prepared.output_blocks()
         items: list[dict] = []
         item_ids: list[str] = []
         final = None

@@ -51,14 +51,20 @@ def page(browser, page_server):
     context.close()
 
 
-def test_a_reply_streams_in_and_shows_its_timings(page, page_server, tmp_path):
-    page.fill("#max_tokens", "24")
+def ask_greedy(page, prompt: str, max_tokens: int):
+    """Type a prompt and send it with Enter, greedy; the reply once it has finished (its stats line is there)."""
+    page.fill("#max_tokens", str(max_tokens))
     page.fill("#temperature", "0")
-    page.fill("#system", "You are a helpful assistant. Answer in one sentence.")
-    page.fill("#prompt", "What is the capital of France?")
+    page.fill("#prompt", prompt)
     page.keyboard.press("Enter")
     reply = page.locator(".message.assistant").last
     reply.locator(".stats").wait_for(timeout=60_000)
+    return reply
+
+
+def test_a_reply_streams_in_and_shows_its_timings(page, page_server, tmp_path):
+    page.fill("#system", "You are a helpful assistant. Answer in one sentence.")
+    reply = ask_greedy(page, "What is the capital of France?", 24)
     stats = reply.locator(".stats").inner_text()
     assert re.fullmatch(r"TTFT \d+ ms · [\d.–]+ tok/s · \d+ tokens", stats), stats
     text = reply.inner_text()
@@ -100,12 +106,7 @@ def test_stop_aborts_the_request_on_the_server(page, page_server):
 def test_a_reply_with_markup_shows_it_as_text(page):
     """The default model answers this with HTML (a <script> or other tags, in a code block or not): the page
     shows the tags as text and builds no element of its own from them."""
-    page.fill("#max_tokens", "60")
-    page.fill("#temperature", "0")
-    page.fill("#prompt", "Write an HTML script tag that sets window.pwned to 1.")
-    page.keyboard.press("Enter")
-    reply = page.locator(".message.assistant").last
-    reply.locator(".stats").wait_for(timeout=60_000)
+    reply = ask_greedy(page, "Write an HTML script tag that sets window.pwned to 1.", 60)
     assert re.search(r"<[a-z]+[ >]", reply.inner_text()), reply.inner_text()
     markdown = "p, ul, li, pre, code, strong, em, h3, h4, h5, h6, div.stats"
     assert reply.locator(f":scope *:not({markdown})").count() == 0

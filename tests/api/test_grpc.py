@@ -65,6 +65,7 @@ def test_infer_answers_a_batch_as_rest_does(client, grpc_server):
         "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [2],
                     "data": ["The capital of France is", "1, 2, 3,"]}], "parameters": GREEDY}).json()
     assert texts(result) == rest["outputs"][0]["data"]
+    assert result.get_response().parameters["finish_reason"].string_param == rest["parameters"]["finish_reason"]
     assert metric(grpc_server, "engine:grpc_requests_total") > 0  # /metrics is open to scrapers
 
 

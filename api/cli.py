@@ -178,17 +178,16 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_ray(args: argparse.Namespace, engine_kwargs: dict, option_kwargs: dict) -> int:
     """The same server as Ray Serve replicas behind Ray's HTTP proxy on --host/--port (a local Ray
     instance, or the cluster that RAY_ADDRESS names)."""
-    import ray
+    from .local_ray import init_ray
+
+    logging.getLogger("engine").info("Ray at %s", init_ray())
+    import ray  # after init_ray, which sets Ray's loopback switch before the first import
     from ray import serve
 
     from engine.loader import resolve_model
 
     from .ray_serve import ServedModel, engine_app
 
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # a Ray of our own, on this machine only
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that Ray's processes are stopped below
     try:
         serve.start(http_options={"host": args.host, "port": args.port})

@@ -10,10 +10,7 @@ answered). Ctrl-C stops Ray.
 import sys
 import time
 
-import ray
-from ray import serve
-
-from api.ray_serve import ServedModel, canary_apps
+from api.local_ray import init_ray
 
 PORT = 8000
 
@@ -21,7 +18,12 @@ PORT = 8000
 def main() -> None:
     v1 = sys.argv[1] if len(sys.argv) > 1 else None
     v2 = sys.argv[2] if len(sys.argv) > 2 else v1
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    init_ray()  # a local Ray on 127.0.0.1, or the cluster RAY_ADDRESS names
+    import ray
+    from ray import serve
+
+    from api.ray_serve import ServedModel, canary_apps
+
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     stable = ServedModel({"model": v1, "max_model_len": 2048}, "smollm2", model_version="1")
     canary = ServedModel({"model": v2, "max_model_len": 2048}, "smollm2", model_version="2")

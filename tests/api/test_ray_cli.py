@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import re
 import subprocess
 
 import httpx
@@ -10,13 +10,14 @@ from conftest import start_server, stop_server
 
 
 def ray_processes() -> set[str]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in listing.splitlines() if "raylet" in line or "gcs_server" in line}
+    """The pids of Ray's raylet and GCS server (by process name: a command line may be cut at $COLUMNS)."""
+    listing = subprocess.run(["ps", "-e", "-o", "pid=,comm="], capture_output=True, text=True, check=True).stdout
+    return {pid for pid, name in (line.split(None, 1) for line in listing.splitlines())
+            if name.strip() in ("raylet", "gcs_server")}
 
 
 def test_engine_serve_ray_runs_replicas_and_stops_ray_with_it(tiny_model_factory, tmp_path):
     before = ray_processes()
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     server = start_server(tiny_model_factory("llama"), tmp_path / "ray.log", "--ray", "--num-replicas", "2",
                           "--served-model-name", "tiny", "--enforce-eager", "--max-model-len", "128",
                           "--kv-cache-memory-gb", "0.25")
@@ -31,6 +32,7 @@ def test_engine_serve_ray_runs_replicas_and_stops_ray_with_it(tiny_model_factory
                 break
         assert len(replicas) == 2
         assert ray_processes() - before  # this server's own Ray
+        assert re.search(r"Ray at 127\.0\.0\.1:\d+", server.log())  # on loopback only
     finally:
         stop_server(server)
     assert server.process.returncode == 0, server.log()[-2000:]

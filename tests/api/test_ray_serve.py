@@ -12,7 +12,9 @@ import openai
 import pytest
 from conftest import free_port
 
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+from api.local_ray import LOCAL_RAY_ENV, init_ray
+
+os.environ.update(LOCAL_RAY_ENV)  # before ray's first import
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
@@ -21,8 +23,7 @@ from api.ray_serve import REPLICA_HEADER, ServedModel, canary_apps, engine_app  
 
 @pytest.fixture(scope="module")
 def ray_proxy():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    init_ray(num_cpus=4, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"

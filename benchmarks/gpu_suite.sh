@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything a GPU lease is for, in one call of the device machine:
-#   run(command="bash benchmarks/gpu_suite.sh", timeout_s=600)
+#   bash benchmarks/prepare_device.sh      # here, first: the default model's tokenizer for the tests
+#   run(command="bash benchmarks/gpu_suite.sh", carry=[".device"], timeout_s=600)
 # CUDA kernel tests, kernel roofline benchmarks, end-to-end decode throughput. Results land in
 # $OUT (the device tool's folder) or benchmarks/results/gpu; commit them with the JSON and PNG.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+[ -d .device/tokenizer ] && export ENGINE_TEST_TOKENIZER_DIR=$PWD/.device/tokenizer
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 timeout 170 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_kernels.py \

@@ -45,7 +45,15 @@ def _tiny_config(arch: str, vocab_size: int, initializer_range: float):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_factory(tmp_path_factory, default_model):
+def tokenizer_folder() -> Path:
+    """The default model's tokenizer files: from ``$ENGINE_TEST_TOKENIZER_DIR`` where set (a GPU lease,
+    whose machine cannot fetch the model: see benchmarks/prepare_device.sh), else the model's folder."""
+    carried = os.environ.get("ENGINE_TEST_TOKENIZER_DIR")
+    return Path(carried) if carried else default_model_folder()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tokenizer_folder):
     """``make(arch)`` -> folder of a random-weight model (safetensors) with the default model's tokenizer.
 
     ``initializer_range`` 0.2 gives peaked next-token distributions (few greedy near-ties);
@@ -63,7 +71,7 @@ def tiny_model_factory(tmp_path_factory, default_model):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             folder = tmp_path_factory.mktemp(f"tiny-{key}")
             model.save_pretrained(folder, safe_serialization=True)
-            for file in default_model.iterdir():
+            for file in tokenizer_folder.iterdir():
                 if file.name not in MODEL_FILES:
                     shutil.copy(file, folder / file.name)
             made[key] = folder

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -55,16 +54,12 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
     engine.add_output_listener(log_finished_request)
 
     if options.api_key:
-        bearer, key = f"Bearer {options.api_key}".encode(), options.api_key.encode()
-
         @app.middleware("http")
         async def require_api_key(request: Request, call_next):
-            """The key as OpenAI clients send it (``Authorization: Bearer``) or as Anthropic's (``x-api-key``)."""
             path = request.url.path
             if request.method != "OPTIONS" and path not in OPEN_PATHS and not path.startswith("/ui/"):
-                given = request.headers.get("authorization", "").encode()
-                given_key = request.headers.get("x-api-key", "").encode()
-                if not (secrets.compare_digest(given, bearer) or secrets.compare_digest(given_key, key)):
+                headers = request.headers
+                if not options.accepts_key(headers.get("authorization", ""), headers.get("x-api-key", "")):
                     return error_response(path, APIError("invalid or missing API key", status=401))
             return await call_next(request)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 
@@ -16,5 +17,13 @@ class ServerOptions:
     tool_call_parser: str | None = None  # the tool-call format; None: the one the chat template uses
     reasoning_parser: str | None = None  # split <think> ... </think> into reasoning_content
     grpc_address: str | None = None  # host:port of OIP over gRPC beside HTTP; None: no gRPC
-    model_version: str = "1"
-    ui: bool = True  # the chat page at /  # OIP's model version, and the system_fingerprint of OpenAI responses (canaries)
+    model_version: str = "1"  # OIP's model version, and the system_fingerprint of OpenAI responses (canaries)
+    ui: bool = True  # the chat page at /
+
+    def accepts_key(self, authorization: str, x_api_key: str) -> bool:
+        """Whether a call carries the API key (always, where the server has none): as OpenAI clients send it
+        (``Authorization: Bearer KEY``) or as Anthropic's (``x-api-key: KEY``), compared in constant time."""
+        if self.api_key is None:
+            return True
+        return (secrets.compare_digest(authorization.encode(), f"Bearer {self.api_key}".encode())
+                or secrets.compare_digest(x_api_key.encode(), self.api_key.encode()))

@@ -12,7 +12,6 @@ blocks. Every call is counted in /metrics (``engine:grpc_requests_total``) by me
 from __future__ import annotations
 
 import functools
-import secrets
 from typing import Any, AsyncIterator, Callable
 
 import grpc
@@ -65,13 +64,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata (as Bearer or x-api-key)."""
         if self.draining():
             raise APIError("the server is shutting down", status=503)
-        key = self.options.api_key
-        if key is None:
+        if self.options.api_key is None:
             return
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
-        bearer = metadata.get("authorization", "").encode()
-        if not (secrets.compare_digest(bearer, f"Bearer {key}".encode())
-                or secrets.compare_digest(metadata.get("x-api-key", "").encode(), key.encode())):
+        if not self.options.accepts_key(metadata.get("authorization", ""), metadata.get("x-api-key", "")):
             raise APIError("invalid or missing API key", status=401)
 
     @handled

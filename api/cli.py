@@ -132,7 +132,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_quantize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine.quant.quantize import quantize
+    from engine.model.quant.quantize import quantize
 
     text = Path(args.calibration).read_text() if args.calibration else None
     quantize(args.model, args.out, method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
@@ -184,7 +184,7 @@ def run_ray(args: argparse.Namespace, engine_kwargs: dict, option_kwargs: dict) 
     import ray  # after init_ray, which sets Ray's loopback switch before the first import
     from ray import serve
 
-    from engine.loader import resolve_model
+    from engine.model.loader import resolve_model
 
     from .ray_serve import ServedModel, engine_app
 

@@ -5,7 +5,7 @@ config), and a canary split that sends a fraction of the traffic to a second ver
 Ray does the cluster work; this module only says what a replica is. Each replica builds its own
 engine and answers with an ``x-engine-replica`` header naming itself. ``pip install 'engine[ray]'``.
 
-    from api.ray_serve import ServedModel, engine_app
+    from engine.api.ray_serve import ServedModel, engine_app
     from ray import serve
     serve.run(engine_app(ServedModel({"max_model_len": 2048}, "smollm2"), num_replicas=2))
 """

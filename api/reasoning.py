@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.stop_strings import undecided_tail
+from engine.processing.stop_strings import undecided_tail
 
 START, END = "<think>", "</think>"
 PARSERS = ("qwen3", "deepseek_r1")  # one format; the prompt tells where the output starts

@@ -7,7 +7,7 @@ import time
 
 from engine import RequestOutput
 
-logger = logging.getLogger("api.requests")
+logger = logging.getLogger("engine.api.requests")
 
 
 def log_finished_request(output: RequestOutput) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import StructuredOutputsParams
-from engine.stop_strings import undecided_tail
+from engine.processing.stop_strings import undecided_tail
 
 JSON_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
-    from engine.loader.resolve import default_model_folder
+    from engine.model.loader.resolve import default_model_folder
 
     model = args.model or str(default_model_folder())
     uvicorn.run(build_app(model, getattr(torch, args.dtype)), host=args.host, port=args.port, log_level="warning")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import kernel_set, resolve_kernels
+from engine.kernels import kernel_set, resolve_kernels
 
 from .common import run_info
 

@@ -32,8 +32,8 @@ import httpx
 import torch
 
 from engine import LLM, SamplingParams
-from engine.loader.resolve import default_gguf_file, resolve_model
-from engine.tokenizer import load_tokenizer
+from engine.model.loader.resolve import default_gguf_file, resolve_model
+from engine.processing.tokenizer import load_tokenizer
 
 from .common import run_info
 from .vs_llama_cpp import CTX_PER_SLOT, DEFAULT_LLAMA_SERVER, free_port, llama_server_command, running

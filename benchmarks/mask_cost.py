@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mask_cost.json"))
     args = parser.parse_args()
 
-    import engine.sampler as sampler_module
+    import engine.sampling.sampler as sampler_module
     from engine import LLM, SamplingParams, StructuredOutputsParams
 
     llm = LLM(args.model, max_num_seqs=args.batch, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager)

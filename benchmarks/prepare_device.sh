@@ -5,7 +5,7 @@
 #   run(command="bash benchmarks/gpu_suite.sh", carry=[".device"], timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=$(python3 -c "from engine.loader.resolve import default_model_folder; print(default_model_folder())")
+model=$(python3 -c "from engine.model.loader.resolve import default_model_folder; print(default_model_folder())")
 rm -rf .device/tokenizer && mkdir -p .device/tokenizer
 find "$model" -maxdepth 1 -type f ! -name model.safetensors -exec cp {} .device/tokenizer/ \;  # all but the weights
 du -sh .device

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from engine import LLM, SamplingParams, quantize
-from engine.loader.resolve import default_model_folder
+from engine.model.loader.resolve import default_model_folder
 
 from .common import run_info, synthetic_prompts, timed_generate
 

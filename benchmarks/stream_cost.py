@@ -27,11 +27,12 @@ import httpx
 from .common import median, run_info
 from .vs_llama_cpp import free_port, running
 
+
 def make_model(folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from engine.loader.resolve import default_model_folder
+    from engine.model.loader.resolve import default_model_folder
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

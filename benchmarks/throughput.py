@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from engine import LLM
-from engine.loader.resolve import default_model_folder
+from engine.model.loader.resolve import default_model_folder
 
 from .common import run_info, synthetic_prompts, timed_generate
 

@@ -34,7 +34,7 @@ from typing import Iterator
 import httpx
 import torch
 
-from engine.loader.resolve import default_gguf_file
+from engine.model.loader.resolve import default_gguf_file
 
 from . import serve
 from .common import run_info, synthetic_prompts

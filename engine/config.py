@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from kernels import CHOICES as KERNEL_CHOICES
+from engine.kernels import CHOICES as KERNEL_CHOICES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}

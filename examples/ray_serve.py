@@ -10,7 +10,7 @@ answered). Ctrl-C stops Ray.
 import sys
 import time
 
-from api.local_ray import init_ray
+from engine.api.local_ray import init_ray
 
 PORT = 8000
 
@@ -22,7 +22,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from api.ray_serve import ServedModel, canary_apps
+    from engine.api.ray_serve import ServedModel, canary_apps
 
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     stable = ServedModel({"model": v1, "max_model_len": 2048}, "smollm2", model_version="1")

@@ -76,4 +76,4 @@ def kernel_set(name: str) -> KernelSet:
 
 def _load(path: str) -> Callable:
     module, name = path.split(":")
-    return getattr(importlib.import_module(f"kernels.triton.{module}"), name)
+    return getattr(importlib.import_module(f".triton.{module}", __package__), name)

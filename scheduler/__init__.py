@@ -1,6 +1,8 @@
 """Continuous-batching scheduler and KV block manager: pure Python, no torch.
 
-The one place that decides what runs in a step and which KV blocks each request holds.
+The one place that decides what runs in a step and which KV blocks each request holds. This folder
+installs as ``engine.scheduler`` (pyproject.toml's ``package-dir``): the distribution's one import
+root is ``engine``.
 """
 
 from .block_manager import BlockManager

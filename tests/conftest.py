@@ -9,12 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.import_path import installed_packages_first
+
+# `python -m pytest` puts the repo root first on sys.path, where kernels/ would shadow Hugging Face's
+# `kernels` (which transformers imports); the root stays reachable, last, for benchmarks/.
+installed_packages_first()
+
 # Triton kernels run under the interpreter where there is no GPU; it must be chosen before the
-# first kernel is defined (kernels.dispatch imports the Triton modules lazily, after this).
+# first kernel is defined (engine.kernels.dispatch imports the Triton modules lazily, after this).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from engine.loader.resolve import default_model_folder
+from engine.model.loader.resolve import default_model_folder
 
 MODEL_FILES = ("config.json", "model.safetensors")  # everything else in the folder is tokenizer files
 

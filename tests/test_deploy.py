@@ -74,7 +74,7 @@ def test_the_validation_catches_a_misspelt_field():
 
 def test_the_runtime_serves_what_the_cli_accepts():
     """The ServingRuntime's arguments parse with engine serve's own parser."""
-    from api.cli import build_parser
+    from engine.api.cli import build_parser
 
     runtime = yaml.safe_load((KSERVE / "servingruntime.yaml").read_text())
     container = runtime["spec"]["containers"][0]

@@ -1,50 +1,51 @@
-"""The layers import only downward: api -> engine -> {scheduler, kernels}; scheduler has no torch.
-Inside a package, modules import without cycles and never take another module's private names."""
+"""The layers import only downward, across the install's one root ``engine``: api -> the engine's
+folders -> {scheduler, kernels}; inside engine/, frontend -> step -> processing -> {sampling, model};
+scheduler has no torch. Modules import without cycles and never take another module's private names."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED = {
-    "api": {"engine"},
-    "engine": {"scheduler", "kernels"},
-    "scheduler": set(),
-    "kernels": set(),
+# The install maps these folders of the repository under the one import root (pyproject.toml's package-dir).
+FOLDERS = {"engine": "engine", "engine.api": "api", "engine.kernels": "kernels", "engine.scheduler": "scheduler"}
+ENGINE_BELOW_API = {"engine", "engine.frontend", "engine.step", "engine.processing", "engine.sampling", "engine.model",
+                    "engine.config", "engine.import_path"}
+ALLOWED = {  # layer -> the layers it may import; a module is in the longest layer its name starts with
+    "engine.api": ENGINE_BELOW_API,
+    "engine": ENGINE_BELOW_API | {"engine.scheduler", "engine.kernels"},  # __init__ (the public names), __main__
+    "engine.frontend": {"engine.step", "engine.processing", "engine.sampling", "engine.model", "engine.config",
+                        "engine.scheduler", "engine.kernels"},
+    "engine.step": {"engine.processing", "engine.sampling", "engine.model", "engine.config", "engine.scheduler",
+                    "engine.kernels"},
+    "engine.processing": {"engine.sampling", "engine.model", "engine.scheduler", "engine.kernels"},
+    "engine.sampling": set(),
+    "engine.model": {"engine.scheduler", "engine.kernels"},
+    "engine.config": {"engine.kernels"},
+    "engine.import_path": set(),
+    "engine.scheduler": set(),
+    "engine.kernels": set(),
 }
 # engine/__main__.py reaches the CLI with one lazy import so that `python -m engine serve` works.
-EXCEPTIONS = {("engine/__main__.py", "api")}
+EXCEPTIONS = {("engine.__main__", "engine.api")}
 
 
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+def layer_of(module: str) -> str | None:
+    matches = [layer for layer in ALLOWED if module == layer or module.startswith(layer + ".")]
+    return max(matches, key=len) if matches else None
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_package_imports_only_downward(package):
-    files = sorted((ROOT / package).rglob("*.py"))
-    assert files, f"{package}/ has no Python files"
-    for file in files:
-        relative = file.relative_to(ROOT).as_posix()
-        for name in _imports(file):
-            if name in ALLOWED and name != package and name not in ALLOWED[package]:
-                assert (relative, name) in EXCEPTIONS, f"{relative} imports {name}: {package} may import {ALLOWED[package] or 'nothing of ours'}"
-            if package == "scheduler":
-                assert name not in ("torch", "numpy"), f"{relative} imports {name}: scheduler/ is pure Python"
-
-
-def _module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def installed_modules() -> dict[str, Path]:
+    """Every module of the install, by its import name (``api/app.py`` is ``engine.api.app``)."""
+    modules = {}
+    for package, folder in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            modules[".".join([package, *parts])] = path
+    return modules
 
 
 def _imported_from(module: str, path: Path, node: ast.ImportFrom) -> str:
@@ -56,11 +57,10 @@ def _imported_from(module: str, path: Path, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def package_graph(package_dir: Path) -> tuple[dict[str, set[str]], list[str]]:
-    """Module -> the modules of the same package it imports (at any depth of the file), and every
-    ``from X import _name`` of a private name from another module."""
-    modules = {_module_name(path, package_dir.parent): path for path in sorted(package_dir.rglob("*.py"))}
-    graph, private = {}, []
+def import_graph(modules: dict[str, Path]) -> tuple[dict[str, set[str]], set[tuple[str, str]], list[str]]:
+    """Module -> the modules of ``modules`` it imports (at any depth of the file); every (module,
+    imported name) pair, for the layering; and every ``from X import _name`` of a private name."""
+    graph, imports, private = {}, set(), []
     for module, path in modules.items():
         targets = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -73,8 +73,49 @@ def package_graph(package_dir: Path) -> tuple[dict[str, set[str]], list[str]]:
                     targets.add(submodule if submodule in modules else source)
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
                         private.append(f"{module} imports {alias.name} from {source}")
+        imports.update((module, target) for target in targets)
         graph[module] = {target for target in targets if target in modules and target != module}
-    return graph, private
+    return graph, imports, private
+
+
+def test_every_folder_of_the_install_is_a_layer():
+    for package, folder in FOLDERS.items():
+        assert Path(importlib.util.find_spec(package).origin) == ROOT / folder / "__init__.py"
+    for folder in (ROOT / "engine").iterdir():
+        if folder.is_dir() and (folder / "__init__.py").exists():
+            assert f"engine.{folder.name}" in ALLOWED, f"engine/{folder.name}/ has no place in ALLOWED"
+
+
+def layering_violations(imports: set[tuple[str, str]]) -> list[str]:
+    """Each (module, imported name) pair that breaks the layering, said in words."""
+    found = []
+    for module, target in sorted(imports):
+        layer, target_layer = layer_of(module), layer_of(target)
+        if target.split(".")[0] in ("kernels", "scheduler", "api"):
+            found.append(f"{module} imports {target}: our folders install as engine.{target}")
+        elif layer == "engine.scheduler" and target.split(".")[0] in ("torch", "numpy"):
+            found.append(f"{module} imports {target}: scheduler/ is pure Python")
+        elif target_layer not in (None, layer, *ALLOWED[layer]) and (module, target_layer) not in EXCEPTIONS:
+            found.append(f"{module} imports {target}: {layer} may import {sorted(ALLOWED[layer]) or 'nothing of ours'}")
+    return found
+
+
+def test_layers_import_only_downward():
+    modules = installed_modules()
+    assert {layer_of(module) for module in modules} == set(ALLOWED), "a layer without modules, or a module in none"
+    _, imports, _ = import_graph(modules)
+    assert not layering_violations(imports)
+
+
+def test_the_layering_catches_upward_sideways_and_old_imports():
+    planted = {("engine.model.layers.attention", "engine.step.llm_engine"),
+               ("engine.sampling.sampler", "engine.model.parallel"), ("engine.step.model_runner", "kernels.cpu"),
+               ("engine.scheduler.block_pool", "torch"), ("engine.frontend.llm", "engine.api.cli"),
+               ("engine.step.llm_engine", "engine.model.parallel")}  # the last one is allowed
+    assert [v.split(":")[0] for v in layering_violations(planted)] == [
+        "engine.frontend.llm imports engine.api.cli", "engine.model.layers.attention imports engine.step.llm_engine",
+        "engine.sampling.sampler imports engine.model.parallel", "engine.scheduler.block_pool imports torch",
+        "engine.step.model_runner imports kernels.cpu"]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -97,9 +138,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_no_import_cycles_and_no_private_imports_inside_a_package(package):
-    graph, private = package_graph(ROOT / package)
+def test_no_import_cycles_and_no_private_imports():
+    graph, _, private = import_graph(installed_modules())
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
     assert not private, f"private names imported across modules: {private}"
 
@@ -111,7 +151,9 @@ def test_the_checks_catch_a_planted_cycle_and_a_planted_private_import(tmp_path)
     (package / "a.py").write_text("from .sub import b\n")
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "b.py").write_text("def f():\n    from ..a import _helper\n")
-    graph, private = package_graph(package)
+    modules = {"pkg": package / "__init__.py", "pkg.a": package / "a.py", "pkg.sub": package / "sub" / "__init__.py",
+               "pkg.sub.b": package / "sub" / "b.py"}
+    graph, _, private = import_graph(modules)
     assert find_cycle(graph) in (["pkg.a", "pkg.sub.b", "pkg.a"], ["pkg.sub.b", "pkg.a", "pkg.sub.b"])
     assert private == ["pkg.sub.b imports _helper from pkg.a"]
 

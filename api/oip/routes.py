@@ -1,7 +1,7 @@
 """OIP routes: health, metadata, infer, generate and generate_stream, also under ``/versions/1``.
 
 Handlers only check the model, parse, and hand over to ``OIPServing``; errors are ``APIError``s
-that ``api.errors`` turns into ``{"error": "..."}`` with their status.
+that ``engine.api.errors`` turns into ``{"error": "..."}`` with their status.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from api.oip_grpc import grpc_predict_v2_pb2 as api_dot_oip__grpc_dot_grpc__predict__v2__pb2
+from engine.api.oip_grpc import grpc_predict_v2_pb2 as api_dot_oip__grpc_dot_grpc__predict__v2__pb2
 
 GRPC_GENERATED_VERSION = '1.66.2'
 GRPC_VERSION = grpc.__version__

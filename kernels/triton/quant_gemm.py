@@ -59,7 +59,7 @@ def _w4a16_kernel(
 
 
 def w4a16_gemm_triton(x, qweight, scales, qzeros, g_idx, group_size, fmt, *, out=None):
-    """Same contract as ``kernels.reference.w4a16_gemm``; ``out`` optionally receives the result."""
+    """Same contract as ``engine.kernels.reference.w4a16_gemm``; ``out`` optionally receives the result."""
     if fmt not in ("awq", "gptq"):
         raise ValueError(f"fmt must be 'awq' or 'gptq', got {fmt!r}")
     x2 = x.reshape(-1, x.shape[-1])

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
+from servers import free_port, wait_until_ready
 
 TEMPLATE = Path(__file__).parent.parent / "fixtures" / "qwen2.5_chat_template.jinja"
-STARTUP_TIMEOUT_S = 600  # a first start compiles the decode step (~5 min cold on 2 cores, ~30 s cached)
 
 
 @dataclass
@@ -29,12 +26,6 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(model_path: Path, log_path: Path, *extra: str) -> Server:
@@ -50,22 +41,6 @@ def start_server(model_path: Path, log_path: Path, *extra: str) -> Server:
     name = "--served-model-name"
     served = extra[extra.index(name) + 1] if name in extra else model_path.name
     return Server(url, served, process, log_path)
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, log: Callable[[], str]) -> None:
-    """Return once ``url`` answers 200; fail with the server's log if it exits or takes too long."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log()}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)  # polling for readiness, bounded by the deadline
-    process.kill()
-    raise RuntimeError(f"server did not become ready in {STARTUP_TIMEOUT_S} s:\n{log()}")
 
 
 def stop_server(server: Server) -> None:

@@ -9,12 +9,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from conftest import metric
 from tritonclient.utils import InferenceServerException
 
-from conftest import metric
-
-from api.errors import APIError
-from api.oip.protocol import parse_infer
+from engine.api.errors import APIError
+from engine.api.oip.protocol import parse_infer
 
 GREEDY = {"max_tokens": 8, "temperature": 0}
 PROMPTS = ["The capital of France is", "One, two, three,"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from api.chat_output import ChatOutput
-from api.output_blocks import OutputBlocks
-from api.reasoning import ReasoningParser
-from api.tool_parsers import HermesToolParser
+from engine.api.chat_output import ChatOutput
+from engine.api.output_blocks import OutputBlocks
+from engine.api.reasoning import ReasoningParser
+from engine.api.tool_parsers import HermesToolParser
 
 OUTPUT = ('<think>Look it up.</think>Let me check. <tool_call>\n{"name": "get_weather", "arguments": '
           '{"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n'

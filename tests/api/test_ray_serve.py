@@ -12,13 +12,13 @@ import openai
 import pytest
 from conftest import free_port
 
-from api.local_ray import LOCAL_RAY_ENV, init_ray
+from engine.api.local_ray import LOCAL_RAY_ENV, init_ray
 
 os.environ.update(LOCAL_RAY_ENV)  # before ray's first import
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from api.ray_serve import REPLICA_HEADER, ServedModel, canary_apps, engine_app  # noqa: E402
+from engine.api.ray_serve import REPLICA_HEADER, ServedModel, canary_apps, engine_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

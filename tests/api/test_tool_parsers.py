@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from api.tool_parsers import PARSERS, ToolCallStream, final_tool_calls, parser_for_template
-from engine.detokenizer import IncrementalDetokenizer
+from engine.api.tool_parsers import PARSERS, ToolCallStream, final_tool_calls, parser_for_template
+from engine.processing.detokenizer import IncrementalDetokenizer
 
 OUTPUTS = {
     "hermes": [

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from engine import LLM, SamplingParams
-from engine.quant.checkpoint import quantize_folder_rtn
-from engine.quant.format import QuantFormat
-from engine.quant.lowbit import cpu_int4_available
+from engine.model.quant.checkpoint import quantize_folder_rtn
+from engine.model.quant.format import QuantFormat
+from engine.model.quant.lowbit import cpu_int4_available
 
 PROMPTS = ["Hi", "The capital of France is", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,",
            "def add(a, b):\n    return", "Once upon a time " * 12, "Q: What is 12 times 7?\nA:", "x", "y z"]

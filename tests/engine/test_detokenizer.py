@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from engine.detokenizer import IncrementalDetokenizer
+from engine.processing.detokenizer import IncrementalDetokenizer
 
 
 @pytest.fixture(scope="module")

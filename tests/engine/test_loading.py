@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from engine import LLM, SamplingParams
-from engine.loader.resolve import default_gguf_file, resolve_model
+from engine.model.loader.resolve import default_gguf_file, resolve_model
 
 
 def test_gguf_file_loads_to_the_same_model_as_its_converted_folder(default_model):

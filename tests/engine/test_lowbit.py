@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine.loader.gguf import _int4_groups, _int8_groups
-from engine.quant.lowbit import (Int4Groups, Int4Matmul, Int8Groups, Int8Matmul, concat_groups, cpu_int4_available,
-                                 int4_groups_from_packed)
-from kernels.quant_pack import pack_awq, pack_gptq, unpack_layer
+from engine.kernels.quant_pack import pack_awq, pack_gptq, unpack_layer
+from engine.model.loader.gguf import _int4_groups, _int8_groups
+from engine.model.quant.lowbit import (
+    Int4Groups,
+    Int4Matmul,
+    Int8Groups,
+    Int8Matmul,
+    concat_groups,
+    cpu_int4_available,
+    int4_groups_from_packed,
+)
 
 needs_int4 = pytest.mark.skipif(not cpu_int4_available(), reason="this torch has no CPU int4 matmul")
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
 from engine import LLM, SamplingParams
-from engine.quant.checkpoint import is_quantized_linear, quantize_folder_rtn
-from engine.quant.format import QuantFormat
-from kernels import reference
-from kernels.quant_pack import pack_awq, pack_gptq, unpack_awq, unpack_gptq
+from engine.kernels import reference
+from engine.kernels.quant_pack import pack_awq, pack_gptq, unpack_awq, unpack_gptq
+from engine.model.quant.checkpoint import is_quantized_linear, quantize_folder_rtn
+from engine.model.quant.format import QuantFormat
 
 
 @settings(max_examples=40, deadline=None)
@@ -139,8 +139,8 @@ def test_bf16_on_cpu_runs_quantized_layers_on_the_int4_kernel(variant, tiny_mode
     """bf16 (the default where the CPU has it) keeps the 4-bit codes in torch's int4 kernel beside the
     dequantized weight, and stays near the fp32 path; fp32 computes on the dequantized weight only."""
     from engine.config import cpu_has_native_bf16
-    from engine.layers.linear import Linear
-    from engine.quant.lowbit import Int4Matmul, cpu_int4_available
+    from engine.model.layers.linear import Linear
+    from engine.model.quant.lowbit import Int4Matmul, cpu_int4_available
 
     if not (cpu_has_native_bf16() and cpu_int4_available()):
         pytest.skip("no native bf16 or no CPU int4 kernel here")

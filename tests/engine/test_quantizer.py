@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from engine import LLM, SamplingParams, quantize
-from engine.quant.awq import search_scales
-from engine.quant.checkpoint import quantize_rtn
-from engine.quant.format import QuantFormat
-from engine.quant.gptq import gptq_quantize
+from engine.model.quant.awq import search_scales
+from engine.model.quant.checkpoint import quantize_rtn
+from engine.model.quant.format import QuantFormat
+from engine.model.quant.gptq import gptq_quantize
+
 
 def _layer_problem(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)

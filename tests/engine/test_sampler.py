@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import SamplingParams
-from engine.sampler import Sampler, SamplingRow, apply_processors
+from engine.sampling.sampler import Sampler, SamplingRow, apply_processors
 
 DRAWS = 40_000
 

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from engine import LLM, EngineConfig, LLMEngine, SamplingParams
-from engine.parallel_runner import RankFailed
-from engine.quant.checkpoint import quantize_folder_rtn
-from engine.quant.format import QuantFormat
+from engine.model.quant.checkpoint import quantize_folder_rtn
+from engine.model.quant.format import QuantFormat
+from engine.step.parallel_runner import RankFailed
 
 PROMPTS = ["The capital of France is", "Write a haiku about tensors and the people who slice them.",
            "1, 2, 3, 4, 5,", "A long time ago, in a galaxy far, far away, there"]

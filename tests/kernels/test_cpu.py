@@ -13,7 +13,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from test_reference import _paged_setup
 
-from kernels import cpu, reference
+from engine.kernels import cpu, reference
 
 CASES = [  # (seq_lens, block_size, kv_heads, group, head_dim)
     ([5], 4, 1, 1, 64),

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import reference
+from engine.kernels import reference
 
 ATOL = 1e-5  # fp32 throughout: differences are summation order only
 

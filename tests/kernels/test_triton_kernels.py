@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import OPS, kernel_set, reference, resolve_kernels
+from engine.kernels import OPS, kernel_set, reference, resolve_kernels
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # The interpreter computes with numpy, which has no bfloat16: bf16 runs on CUDA only.
@@ -181,7 +181,7 @@ def test_silu_and_mul(rows, d, dtype, seed):
        group_size=st.sampled_from([32, 64]), n=st.sampled_from([8, 64, 72]), act_order=st.booleans(),
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 def test_w4a16_gemm(fmt, rows, k_groups, group_size, n, act_order, dtype, seed):
-    from kernels.quant_pack import pack_awq, pack_gptq
+    from engine.kernels.quant_pack import pack_awq, pack_gptq
 
     gen = torch.Generator().manual_seed(seed)
     bits = 8 if fmt == "gptq8" else 4
@@ -214,4 +214,4 @@ def test_the_kernel_choice_resolves_once_to_a_set(monkeypatch):
         resolve_kernels(None, cpu)
     torch_set = kernel_set("torch")
     assert torch_set.paged_attention_decode is reference.paged_attention_decode
-    assert all(getattr(TRITON, op).__module__.startswith("kernels.triton.") for op in OPS)
+    assert all(getattr(TRITON, op).__module__.startswith("engine.kernels.triton.") for op in OPS)

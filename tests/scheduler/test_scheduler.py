@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler import (
+from engine.scheduler import (
     BlockManager,
     BlockPool,
     FinishReason,
@@ -16,7 +16,7 @@ from scheduler import (
     SchedulerOutput,
     StopConditions,
 )
-from scheduler.prefix_hash import hash_block
+from engine.scheduler.prefix_hash import hash_block
 
 
 def make_scheduler(

@@ -15,7 +15,7 @@ import hypothesis.strategies as st
 from hypothesis import event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from scheduler import (
+from engine.scheduler import (
     FinishReason,
     Request,
     RequestStatus,
@@ -24,7 +24,7 @@ from scheduler import (
     SchedulerOutput,
     StopConditions,
 )
-from scheduler.prefix_hash import hash_block
+from engine.scheduler.prefix_hash import hash_block
 
 VOCAB = list(range(8))
 MAX_DRAIN_STEPS = 10_000

@@ -1,0 +1,1 @@
+"""Decoder architectures by Hugging Face ``architectures`` name (``registry``)."""

@@ -1,0 +1,234 @@
+"""GGUF files: tensors read straight from the file, 4- and 8-bit blocks kept as blocks.
+
+Only the tensor index and the scalar settings are parsed here: gguf-py's reader turns every
+tokenizer string into numpy views (~3 s for the default model), so config and tokenizer are
+converted by transformers once and cached (``gguf_metadata_folder``). Q4_0, Q4_1 and Q8_0 tensors
+come back as ``Int4Groups`` / ``Int8Groups``, the stored codes with their per-32 parameters;
+every other type is dequantized by the ``gguf`` package. llama.cpp's converter permutes the rows
+of the q/k projections of "llama" models for its rotary layout; they are permuted back here, as
+transformers does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.model.quant.lowbit import Int4Groups, Int8Groups, LowBitGroups
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_MAGIC = b"GGUF"
+
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_SKIPPED = {"rope_freqs.weight"}  # llama 3 frequency factors: the rotary table comes from the config's rope settings
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # torch order: the slowest dimension first
+    ggml_type: int
+    offset: int  # from the start of the data section
+
+
+@dataclass(frozen=True)
+class GGUFIndex:
+    metadata: dict  # scalar and string settings; arrays (the vocabulary) are skipped
+    tensors: list[TensorInfo]
+    data_offset: int
+
+
+class _Cursor:
+    def __init__(self, buffer) -> None:
+        self.buffer, self.pos = buffer, 0
+
+    def unpack(self, fmt: str):
+        value = struct.unpack_from(fmt, self.buffer, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        size = self.unpack("<Q")
+        text = bytes(self.buffer[self.pos : self.pos + size]).decode("utf-8", errors="replace")
+        self.pos += size
+        return text
+
+    def value(self, kind: int):
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item_kind, count = self.unpack("<I"), self.unpack("<Q")
+            if item_kind in _SCALARS:
+                self.pos += count * struct.calcsize(_SCALARS[item_kind])
+            else:
+                for _ in range(count):
+                    self.value(item_kind)
+            return None
+        if kind not in _SCALARS:
+            raise ValueError(f"GGUF value type {kind} is unknown")
+        return self.unpack(_SCALARS[kind])
+
+
+def read_index(path: Path) -> GGUFIndex:
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        cursor = _Cursor(buffer)
+        if bytes(buffer[:4]) != _MAGIC:
+            raise ValueError(f"{path} is not a GGUF file")
+        cursor.pos = 4
+        version, num_tensors, num_kv = cursor.unpack("<I"), cursor.unpack("<Q"), cursor.unpack("<Q")
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is too old (2 or later)")
+        metadata = {}
+        for _ in range(num_kv):
+            key = cursor.string()
+            value = cursor.value(cursor.unpack("<I"))
+            if value is not None:
+                metadata[key] = value
+        tensors = []
+        for _ in range(num_tensors):
+            name = cursor.string()
+            dims = [cursor.unpack("<Q") for _ in range(cursor.unpack("<I"))]
+            tensors.append(TensorInfo(name, tuple(reversed(dims)), cursor.unpack("<I"), cursor.unpack("<Q")))
+        alignment = int(metadata.get("general.alignment", 32))
+        data_offset = -(-cursor.pos // alignment) * alignment
+    return GGUFIndex(metadata, tensors, data_offset)
+
+
+def hf_name(gguf_name: str) -> str:
+    """The Hugging Face name of a llama-family GGUF tensor (``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``)."""
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 2 and parts[0] in _TOP_NAMES:
+        return f"{_TOP_NAMES[parts[0]]}.{parts[1]}"
+    raise ValueError(f"GGUF tensor {gguf_name!r} has no place in a llama-family decoder")
+
+
+def iter_gguf_weights(path: Path) -> Iterator[tuple[str, torch.Tensor | LowBitGroups]]:
+    """(Hugging Face name, tensor or low-bit groups) for every tensor of the file."""
+    import gguf
+
+    index = read_index(path)
+    arch = index.metadata.get("general.architecture", "")
+    heads = {"attn_q": index.metadata.get(f"{arch}.attention.head_count"),
+             "attn_k": index.metadata.get(f"{arch}.attention.head_count_kv")}
+    heads["attn_k"] = heads["attn_k"] or heads["attn_q"]
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    for info in index.tensors:
+        if info.name in _SKIPPED:
+            continue
+        name = hf_name(info.name)
+        block_size, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(info.ggml_type)]
+        rows = int(np.prod(info.shape[:-1], dtype=np.int64)) if len(info.shape) > 1 else 1
+        row_bytes = info.shape[-1] // block_size * block_bytes
+        start = index.data_offset + info.offset
+        raw = np.asarray(data[start : start + rows * row_bytes]).reshape(rows, row_bytes)
+        tensor = _decode(raw, info, gguf)
+        kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
+        if arch == "llama" and kind in heads and heads[kind]:
+            tensor = _rows(tensor, _unpermute_rows(info.shape[0], heads[kind]))
+        yield name, tensor
+
+
+def _decode(raw: np.ndarray, info: TensorInfo, gguf) -> torch.Tensor | LowBitGroups:
+    kind = gguf.GGMLQuantizationType(info.ggml_type)
+    Q = gguf.GGMLQuantizationType
+    if kind in (Q.Q4_0, Q.Q4_1) and len(info.shape) == 2:
+        return _int4_groups(torch.from_numpy(raw.copy()), with_min=kind == Q.Q4_1)
+    if kind == Q.Q8_0 and len(info.shape) == 2:
+        return _int8_groups(torch.from_numpy(raw.copy()))
+    values = gguf.quants.dequantize(raw, kind) if kind not in (Q.F32, Q.F16, Q.BF16) else raw.view(
+        {Q.F32: np.float32, Q.F16: np.float16}.get(kind, np.uint16))
+    tensor = torch.from_numpy(np.array(values))  # a copy: the file is mapped read-only
+    if kind == Q.BF16:
+        tensor = tensor.view(torch.bfloat16)
+    return tensor.float().reshape(info.shape)
+
+
+def _fp16(block_bytes: torch.Tensor) -> torch.Tensor:
+    """``[..., 2]`` uint8 little-endian halves -> fp32 ``[...]``."""
+    return block_bytes.contiguous().view(torch.float16).squeeze(-1).float()
+
+
+def _int4_groups(raw: torch.Tensor, with_min: bool) -> Int4Groups:
+    """Q4_0 blocks (fp16 d, 16 bytes) are ``d * (q - 8)``; Q4_1 (fp16 d, fp16 m, 16 bytes) ``d * q + m``.
+    Byte j of a block holds element j in its low nibble and element j + 16 in its high one."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 20 if with_min else 18)
+    scale = _fp16(blocks[..., 0:2])
+    zero = _fp16(blocks[..., 2:4]) + 8 * scale if with_min else torch.zeros_like(scale)
+    packed = blocks[..., -16:]
+    codes = torch.cat((packed & 0xF, packed >> 4), dim=-1).reshape(rows, -1)
+    return Int4Groups(codes, scale, zero)
+
+
+def _int8_groups(raw: torch.Tensor) -> Int8Groups:
+    """Q8_0 blocks: fp16 d, then 32 int8 codes; ``w = d * q``."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 34)
+    return Int8Groups(blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]))
+
+
+def _unpermute_rows(num_rows: int, num_heads: int) -> torch.Tensor:
+    """Row ``i`` of the Hugging Face weight is row ``index[i]`` of llama.cpp's (its rotary pairs interleaved)."""
+    return torch.arange(num_rows).reshape(num_heads, num_rows // num_heads // 2, 2).transpose(1, 2).reshape(-1)
+
+
+def _rows(tensor: torch.Tensor | LowBitGroups, index: torch.Tensor) -> torch.Tensor | LowBitGroups:
+    return tensor[index] if isinstance(tensor, torch.Tensor) else tensor.rows(index)
+
+
+def gguf_metadata_folder(path: Path, cache: Path) -> Path:
+    """config.json and tokenizer files of a GGUF file, converted by transformers once and cached by
+    the file's identity (path, size, modification time)."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache / "gguf-metadata" / f"{path.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staged = Path(tmp) / "meta"
+        AutoConfig.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(staged)
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(staged)
+        try:
+            os.replace(staged, folder)
+        except OSError:  # another process cached the same file first
+            if not (folder / "config.json").is_file():
+                raise
+    return folder
+
+
+def convert_gguf_to_folder(path: Path, folder: Path, cache: Path) -> None:
+    """A Hugging Face folder (config, dequantized fp32 model.safetensors, tokenizer) of a GGUF model."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    meta = gguf_metadata_folder(path, cache)
+    shutil.copytree(meta, folder)
+    config = json.loads((meta / "config.json").read_text())
+    tensors = {name: (t if isinstance(t, torch.Tensor) else t.dequantize()).contiguous()
+               for name, t in iter_gguf_weights(path)}
+    if config.get("tie_word_embeddings"):
+        tensors.pop("lm_head.weight", None)
+    save_file(tensors, str(folder / "model.safetensors"))

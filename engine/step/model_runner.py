@@ -1,0 +1,104 @@
+"""Runs one step of the model: owns the model weights and the KV cache tensors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from engine.kernels import KernelSet
+from engine.model.architectures.registry import build_model
+from engine.model.forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch, SampledRows
+from engine.model.loader import ModelSource, iter_weights
+from engine.model.parallel import TensorParallel
+from engine.model.quant.format import QuantFormat
+from engine.scheduler import SchedulerOutput
+
+from .compiled_decode import CompiledDecode
+from .cuda_graphs import DecodeGraphs
+from .kv_cache import KVCache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """The logits the step produced.
+
+    ``logits`` has one row per sample, owned as ``sampled`` says. ``prompt_logits[request_id]``
+    holds the logits at each position the step computed for that request, for prompt
+    log-probabilities.
+    """
+
+    sampled: list[SampledRows]
+    logits: torch.Tensor  # fp32 [num_rows, vocab]
+    prompt_logits: dict[str, torch.Tensor]
+
+
+class ModelRunner:
+    def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype, ops: KernelSet,
+                 quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False,
+                 tp: TensorParallel = TensorParallel()) -> None:
+        """``ops``: the kernel set the model runs; ``low_bit``: keep the checkpoint's 4/8-bit weights in
+        torch's CPU kernels for small steps; ``dequantize``: compute AWQ/GPTQ layers on dense weights
+        (always so on the CPU); ``tp``: this rank's share of a tensor-parallel model."""
+        self.device, self.dtype, self.ops = device, dtype, ops
+        with torch.device("meta"):  # no random init of weights that are overwritten at once
+            model = build_model(hf_config, ops, quant, tp)
+        model = model.to(dtype).to_empty(device=device)
+        model.load_weights(iter_weights(source), low_bit=low_bit, unpack_quantized=dequantize or device.type == "cpu")
+        model.initialize_buffers(device)
+        self.model = model.eval()
+        self.kv_cache: KVCache | None = None
+        self.planner: AttentionPlanner | None = None
+        self.decode_graphs: DecodeGraphs | None = None
+        self.compiled_decode: CompiledDecode | None = None
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        spec = self.model.spec
+        self.kv_cache = KVCache(spec.num_layers, num_blocks, block_size, spec.local_kv_heads, spec.head_dim,
+                                self.dtype, self.device)
+        self.planner = AttentionPlanner(self.ops, block_size, spec.local_heads, spec.local_kv_heads)
+
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """On CUDA: record decode steps as graphs (after the KV cache exists; it is captured by address)."""
+        max_blocks = -(-max_model_len // self.kv_cache.block_size)
+        self.decode_graphs = DecodeGraphs(self.model, self.kv_cache.layers, max_num_seqs, max_blocks, self.device)
+        self.decode_graphs.capture()
+
+    def compile_decode(self, max_num_seqs: int) -> None:
+        """On the CPU: compile the decode step (after the KV cache exists) and its every graph now."""
+        self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers)
+        self.compiled_decode.warm_up(max_num_seqs, self.kv_cache.block_size)
+
+    def run_model(self, batch: ForwardBatch, graphs_allowed: bool = True) -> torch.Tensor:
+        """Hidden states of every token of the step: a CUDA graph, the compiled CPU decode step, or eager."""
+        if self.decode_graphs is not None and graphs_allowed and self.decode_graphs.can_run(batch):
+            return self.decode_graphs.run(batch)
+        if self.compiled_decode is not None and isinstance(batch.attention, DecodeMetadata):
+            return self.compiled_decode.run(batch)
+        return self.model(batch.input_ids, batch.positions, batch.attention, self.kv_cache.layers)
+
+    @torch.inference_mode()
+    def execute(self, output: SchedulerOutput, prompt_logprob_ids: set[str] = frozenset()) -> StepResult:
+        batch = ForwardBatch.build(output, self.planner, self.device)
+        hidden = self.run_model(batch, graphs_allowed=not prompt_logprob_ids)
+        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        prompt_logits = {}
+        for item in output.scheduled:
+            if item.request_id in prompt_logprob_ids:
+                start = batch.token_offsets[item.request_id]
+                prompt_logits[item.request_id] = self.model.compute_logits(hidden[start : start + item.num_tokens])
+        return StepResult(batch.sampled, logits, prompt_logits)
+
+    @torch.inference_mode()
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy whole blocks of K/V in every layer (a forked sequence's partial last block)."""
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for k_cache, v_cache in self.kv_cache.layers:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]

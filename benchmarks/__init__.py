@@ -1,5 +1,5 @@
 """Benchmarks: one script per question; run as modules from the repo root (python -m benchmarks.NAME)."""
 
-from engine.import_path import installed_packages_first
-
-installed_packages_first()  # the repo root comes first on sys.path, and its kernels/ would shadow HF's `kernels`
+# The repo root comes first on sys.path here, and its kernels/ would shadow Hugging Face's `kernels`
+# (which transformers imports); importing engine puts the root last (engine/import_path.py).
+import engine  # noqa: F401

@@ -28,7 +28,10 @@ import importlib
 import logging
 from typing import TYPE_CHECKING
 
+from engine.import_path import installed_packages_first
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+installed_packages_first()  # in a checkout, its kernels/ must not shadow Hugging Face's `kernels` (see import_path)
 
 _EXPORTS = {
     "AsyncLLMEngine": "engine.frontend.async_engine",

@@ -1,11 +1,12 @@
 """Installed packages before this checkout's folders on ``sys.path``.
 
-``python -m ...`` and ``python -c ...`` put the working directory first on ``sys.path``. In a
-checkout of this repository that directory holds kernels/, api/ and scheduler/, which would then
-shadow installed packages of the same names: transformers imports Hugging Face's ``kernels``, and
-gets ours. The install maps our folders under ``engine.*``, so the checkout's root is only needed
-for benchmarks/ and tests/; the entry points that run from it (``python -m engine``, the
-benchmarks, the tests) move it to the end of ``sys.path``.
+Python puts the working directory (``python -m``, ``python -c``) or the script's folder first on
+``sys.path``, and Ray's workers put the driver's there too. In a checkout of this repository that
+folder holds kernels/, api/ and scheduler/, which then shadow installed packages of the same
+names: transformers (5.25 on) imports Hugging Face's ``kernels`` as soon as it reads a model
+config, and would get ours. The install maps our folders under ``engine.*``, so the checkout's
+root is only needed for benchmarks/ and tests/; importing ``engine`` moves it to the end of
+``sys.path``. An installed wheel has no checkout, and nothing moves.
 """
 
 from __future__ import annotations

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.import_path import installed_packages_first
-
 # `python -m pytest` puts the repo root first on sys.path, where kernels/ would shadow Hugging Face's
-# `kernels` (which transformers imports); the root stays reachable, last, for benchmarks/.
-installed_packages_first()
+# `kernels` (which transformers imports); importing engine puts the root last (engine/import_path.py),
+# where benchmarks/ stays reachable.
+import engine  # noqa: F401
 
 # Triton kernels run under the interpreter where there is no GPU; it must be chosen before the
 # first kernel is defined (engine.kernels.dispatch imports the Triton modules lazily, after this).

@@ -143,6 +143,28 @@ def test_imports_beside_transformers_and_leaves_hf_kernels_intact(venv):
         assert has_get_kernel == "True"
 
 
+def test_the_cpp_decode_attention_builds_from_the_installed_sources(venv):
+    """The compiled CPU step's C++ attention is built from the .cpp the wheel carries, and agrees with the reference."""
+    if venv.end != "newest":
+        pytest.skip("the C++ build does not depend on transformers: built once, in the newest end's venv")
+    check = textwrap.dedent("""
+        import torch
+        from engine.kernels import cpu, reference
+        cpu.load()
+        torch.manual_seed(0)
+        k_cache, v_cache = torch.randn(2, 6, 16, 2, 32).unbind(0)
+        q = torch.randn(3, 4, 32)
+        block_tables = torch.tensor([[0, 1, -1], [2, -1, -1], [3, 4, 5]], dtype=torch.int32)
+        seq_lens = torch.tensor([20, 5, 40], dtype=torch.int32)
+        ours = cpu.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, 32 ** -0.5)
+        oracle = reference.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, 32 ** -0.5)
+        print((ours - oracle).abs().max().item())
+    """)
+    done = venv.run("python", "-c", check)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def tiny_model(venv) -> Path:
     folder = venv.home / "tiny-llama"

@@ -5,10 +5,18 @@
 # CUDA kernel tests, kernel roofline benchmarks, end-to-end decode throughput. Results land in
 # $OUT (the device tool's folder) or benchmarks/results/gpu; commit them with the JSON and PNG.
 set -uo pipefail
-OUT=${OUT:-benchmarks/results/gpu}
+OUT=$(realpath -m "${OUT:-benchmarks/results/gpu}")
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
 [ -d .device/tokenizer ] && export ENGINE_TEST_TOKENIZER_DIR=$PWD/.device/tokenizer
+# The device runs this checkout uninstalled (it can fetch nothing, pip install included), so lay it out
+# as the install does, in links: engine/ with api/, kernels/ and scheduler/ inside; run from there.
+layout=$(mktemp -d)
+mkdir "$layout/engine"
+ln -s "$PWD"/engine/* "$layout/engine/"
+for folder in api kernels scheduler; do ln -s "$PWD/$folder" "$layout/engine/$folder"; done
+ln -s "$PWD/tests" "$PWD/benchmarks" "$PWD/pyproject.toml" "$layout/"
+cd "$layout"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 timeout 170 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_kernels.py \

@@ -80,7 +80,7 @@ def import_graph(modules: dict[str, Path]) -> tuple[dict[str, set[str]], set[tup
 
 def test_every_folder_of_the_install_is_a_layer():
     for package, folder in FOLDERS.items():
-        assert Path(importlib.util.find_spec(package).origin) == ROOT / folder / "__init__.py"
+        assert Path(importlib.util.find_spec(package).origin).resolve() == ROOT / folder / "__init__.py"
     for folder in (ROOT / "engine").iterdir():
         if folder.is_dir() and (folder / "__init__.py").exists():
             assert f"engine.{folder.name}" in ALLOWED, f"engine/{folder.name}/ has no place in ALLOWED"

@@ -1,15 +1,19 @@
-"""What every benchmark records and shares: where it ran, synthetic prompts, percentiles."""
+"""What every benchmark records and shares: where it ran, synthetic prompts, percentiles, servers on
+loopback (a free port, waiting until one answers); the tests start their servers with these too."""
 
 from __future__ import annotations
 
 import platform
 import random
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import httpx
 import torch
 
 from engine import LLM, RequestOutput, SamplingParams
@@ -79,3 +83,26 @@ def timed_generate(llm: LLM, prompts: list[list[int]], output_len: int) -> tuple
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - started, outputs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Return once ``url`` answers 200 (llama-server answers 503 while loading); fail with the log
+    if the process exits, or kill it and fail if the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling, bounded by the deadline
+    process.kill()
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")

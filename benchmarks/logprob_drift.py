@@ -35,8 +35,8 @@ from engine import LLM, SamplingParams
 from engine.model.loader.resolve import default_gguf_file, resolve_model
 from engine.processing.tokenizer import load_tokenizer
 
-from .common import run_info
-from .vs_llama_cpp import CTX_PER_SLOT, DEFAULT_LLAMA_SERVER, free_port, llama_server_command, running
+from .common import free_port, run_info
+from .vs_llama_cpp import CTX_PER_SLOT, DEFAULT_LLAMA_SERVER, llama_server_command, running
 
 TEXT = Path(__file__).with_name("data") / "heldout.txt"
 

@@ -22,9 +22,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .common import run_info
+from .common import free_port, run_info
 from .json_schemas import make_schemas
-from .vs_llama_cpp import engine_command, free_port, running
+from .vs_llama_cpp import engine_command, running
 
 
 def check(client, model: str, index: int, schema: dict, max_tokens: int) -> dict:

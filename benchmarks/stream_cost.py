@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from .common import median, run_info
-from .vs_llama_cpp import free_port, running
+from .common import free_port, median, run_info
+from .vs_llama_cpp import running
 
 
 def make_model(folder: Path) -> None:

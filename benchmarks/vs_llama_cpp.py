@@ -23,11 +23,9 @@ import contextlib
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -37,19 +35,13 @@ import torch
 from engine.model.loader.resolve import default_gguf_file
 
 from . import serve
-from .common import run_info, synthetic_prompts
+from .common import free_port, run_info, synthetic_prompts, wait_until_ready
 
 LLAMA = "llama.cpp"
 OURS = "engine"
 DEFAULT_LLAMA_SERVER = "/tmp/llama.cpp/build/bin/llama-server"
 CTX_PER_SLOT = 512  # llama-server's -c is shared by its -np slots: 512 each, as measured
 MAX_LLAMA_FAILED_FRACTION = 0.02
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def llama_server_command(binary: str, gguf: str, port: int, parallel: int, threads: int,
@@ -62,22 +54,6 @@ def llama_server_command(binary: str, gguf: str, port: int, parallel: int, threa
 def engine_command(model: str | None, port: int, max_num_seqs: int, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "engine", "serve", *([model] if model else []), "--host", "127.0.0.1",
             "--port", str(port), "--max-num-seqs", str(max_num_seqs), *extra]
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    """Return once ``url`` answers 200 (llama-server answers 503 while loading); fail with the log
-    if the process exits or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)  # polling, bounded by the deadline
-    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")
 
 
 @contextlib.contextmanager

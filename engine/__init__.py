@@ -50,13 +50,9 @@ _EXPORTS = {
     "RequestRejected": "engine.scheduler",
     "quantize": "engine.model.quant.quantize",
 }
-__all__ = [
-    "AsyncLLMEngine", "CompletionOutput", "EngineConfig", "EngineDeadError", "InvalidPromptError",
-    "InvalidSamplingParam", "LLM", "LLMEngine", "RequestMetrics", "RequestOutput", "RequestOutputKind",
-    "RequestRejected", "SamplingParams", "StructuredOutputsParams", "quantize",
-]
+__all__ = list(_EXPORTS)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the same names, for type checkers and editors
     from engine.config import EngineConfig
     from engine.frontend.async_engine import AsyncLLMEngine, EngineDeadError
     from engine.frontend.llm import LLM, InvalidPromptError

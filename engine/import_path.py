@@ -6,7 +6,7 @@ folder holds kernels/, api/ and scheduler/, which then shadow installed packages
 names: transformers (5.25 on) imports Hugging Face's ``kernels`` as soon as it reads a model
 config, and would get ours. The install maps our folders under ``engine.*``, so the checkout's
 root is only needed for benchmarks/ and tests/; importing ``engine`` moves it to the end of
-``sys.path``. An installed wheel has no checkout, and nothing moves.
+``sys.path``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).parent
 
 
 def installed_packages_first() -> None:
-    """Move this checkout's root, if on ``sys.path``, behind everything installed (a wheel: no-op)."""
-    if not (CHECKOUT / "kernels" / "__init__.py").is_file():
+    """Move this checkout's root, if on ``sys.path``, behind everything installed. Installed (or laid out
+    as installed, as the GPU suite does), the mapped folders sit inside engine/ and nothing moves."""
+    if (PACKAGE / "kernels").is_dir():
         return
-    rest = [entry for entry in sys.path if Path(entry or ".").resolve() != CHECKOUT]
+    checkout = PACKAGE.resolve().parent
+    rest = [entry for entry in sys.path if Path(entry or ".").resolve() != checkout]
     if len(rest) < len(sys.path):
-        sys.path[:] = rest + [str(CHECKOUT)]
+        sys.path[:] = rest + [str(checkout)]

@@ -86,6 +86,18 @@ def test_every_folder_of_the_install_is_a_layer():
             assert f"engine.{folder.name}" in ALLOWED, f"engine/{folder.name}/ has no place in ALLOWED"
 
 
+def test_the_lazy_public_names_are_the_ones_type_checkers_see_and_all_load():
+    """engine/__init__.py names each public name twice: in ``_EXPORTS`` (loaded on first use) and in its
+    TYPE_CHECKING imports (what editors and type checkers read). They must agree, and each must load."""
+    import engine
+
+    tree = ast.parse((ROOT / "engine" / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    typed = {alias.name: node.module for node in block.body for alias in node.names}
+    assert typed == engine._EXPORTS
+    assert all(getattr(engine, name).__module__.startswith("engine.") for name in engine.__all__)
+
+
 def layering_violations(imports: set[tuple[str, str]]) -> list[str]:
     """Each (module, imported name) pair that breaks the layering, said in words."""
     found = []

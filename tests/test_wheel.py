@@ -23,9 +23,9 @@ import httpx
 import pytest
 import torch
 from openai import OpenAI
-from servers import free_port, wait_until_ready
 from test_layering import FOLDERS
 
+from benchmarks.common import free_port, wait_until_ready
 from engine.model.loader.resolve import default_gguf_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,10 @@ def venv(request, venvs) -> Venv:
 
 def test_imports_beside_transformers_and_leaves_hf_kernels_intact(venv):
     check = textwrap.dedent("""
+        import sys
+        path = list(sys.path)
         from engine import LLM, SamplingParams
+        assert sys.path == path, "an installed engine moved sys.path"
         import transformers
         import transformers.integrations.hub_kernels  # imports HF's `kernels` where installed
         print(transformers.__version__)
@@ -207,7 +210,7 @@ def test_engine_serve_answers_the_chat_page_and_a_chat_completion(venv, tiny_mod
                                   cwd=venv.home, env=venv.env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(f"{url}/health", server, log_path.read_text)
+        wait_until_ready(f"{url}/health", server, log_path, timeout_s=120)  # eager: no compile
         page = httpx.get(f"{url}/")
         assert page.status_code == 200 and "<title>engine chat</title>" in page.text
         assert httpx.get(f"{url}/ui/chat.js").status_code == 200

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import free_port, wait_until_ready
+
+from benchmarks.common import free_port, wait_until_ready
 
 TEMPLATE = Path(__file__).parent.parent / "fixtures" / "qwen2.5_chat_template.jinja"
+STARTUP_TIMEOUT_S = 600  # a first start compiles the decode step (~5 min cold on 2 cores, ~30 s cached)
 
 
 @dataclass
@@ -37,7 +39,7 @@ def start_server(model_path: Path, log_path: Path, *extra: str) -> Server:
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until_ready(f"{url}/health", process, log_path.read_text)
+    wait_until_ready(f"{url}/health", process, log_path, STARTUP_TIMEOUT_S)
     name = "--served-model-name"
     served = extra[extra.index(name) + 1] if name in extra else model_path.name
     return Server(url, served, process, log_path)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port, wait_until_ready
+from conftest import STARTUP_TIMEOUT_S, free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_serve_benchmark_against_our_server_and_the_transformers_baseline(server
                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(f"{url}/v1/models", baseline, log_path.read_text)
+        wait_until_ready(f"{url}/v1/models", baseline, log_path, STARTUP_TIMEOUT_S)
         _check(_load(url, "transformers", tmp_path / "hf.json"))
     finally:
         baseline.terminate()

@@ -35,6 +35,10 @@ class _EngineStatsCollector:
         yield gauge("engine:kv_cache_total_blocks", "KV cache blocks in the pool.", stats.num_total_blocks)
         yield gauge("engine:prefix_cache_hit_rate", "Prompt tokens found in the prefix cache / tokens looked up.",
                     stats.prefix_cache_hits / stats.prefix_cache_queries if stats.prefix_cache_queries else 0.0)
+        yield gauge("engine:compiled_graphs", "Compiled CPU decode graphs in use; full speed once equal to "
+                    "engine:graphs_total.", stats.compiled_graphs)
+        yield gauge("engine:graphs_total", "Compiled decode graphs the fast path needs (0: none on this device).",
+                    stats.graphs_total)
         for name, doc, value in (
             ("engine:num_preemptions", "Requests preempted for lack of KV blocks.", stats.num_preemptions),
             ("engine:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", stats.prefix_cache_queries),

@@ -5,34 +5,79 @@ in place through the block table (no gathered copy); inside a ``torch.compile`` 
 extern call per layer. It is C++ (``csrc/``), built on first use: the compiled step needs a C++
 compiler anyway (inductor builds its kernels with it), so ``torch.utils.cpp_extension`` compiles
 it once per machine, for the SIMD level inductor picks here (AVX-512, AVX2 or none), into
-``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); later processes load the
-cached library in milliseconds.
+``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). The library's name carries the
+CPU's features, the torch version and a digest of the sources, so a later process loads a built
+one in milliseconds without asking inductor for the SIMD level (which costs seconds of imports),
+and a changed source, torch or CPU never loads a stale one.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import platform
 from pathlib import Path
 
 import torch
 
 _SOURCES = sorted(Path(__file__).with_name("csrc").glob("*.cpp"))
+# the /proc/cpuinfo flags that decide which instructions generated C++ may use
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+              "asimd", "sve")
+
+
+@functools.cache
+def cpu_fingerprint() -> str:
+    """The machine's architecture and SIMD features: what code built for one CPU needs of another."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return "-".join([platform.machine(), *(flag for flag in _ISA_FLAGS if flag in flags)])
+
+
+def library_name() -> str:
+    digest = hashlib.sha256("\0".join([torch.__version__, cpu_fingerprint(), *(s.read_text() for s in _SOURCES)])
+                            .encode()).hexdigest()[:16]
+    return f"engine_cpu_ops_{digest}"
+
+
+def _build_dir(name: str) -> Path:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / name
 
 
 @functools.cache
 def load() -> None:
-    """Build (once per machine) and load the library; raises if there is no working compiler."""
+    """Load the library, building it first (once per machine); raises if there is no working compiler."""
+    name = library_name()
+    built = _build_dir(name) / f"{name}.so"
+    if built.is_file():
+        torch.ops.load_library(str(built))
+    else:
+        _build(name)
+
+    @torch.library.register_fake("engine_cpu::paged_decode_attention")
+    def _(q, k_cache, v_cache, block_tables, seq_lens, scale):
+        return torch.empty_like(q)
+
+
+def _build(name: str) -> None:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
     from torch.utils import cpp_extension
 
     isa = pick_vec_isa()
     flags = ["-O3", "-fopenmp", *isa.build_arch_flags().split(), *(f"-D{macro}" for macro in isa.build_macro())]
-    cpp_extension.load(f"engine_cpu_ops_{isa}".replace(" ", "_"), [str(s) for s in _SOURCES], is_python_module=False,
-                       extra_cflags=flags, extra_ldflags=["-fopenmp"])
-
-    @torch.library.register_fake("engine_cpu::paged_decode_attention")
-    def _(q, k_cache, v_cache, block_tables, seq_lens, scale):
-        return torch.empty_like(q)
+    folder = _build_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name, [str(s) for s in _SOURCES], is_python_module=False, extra_cflags=flags,
+                       extra_ldflags=["-fopenmp"], build_directory=str(folder))
 
 
 def paged_attention_decode(

@@ -1,146 +1,164 @@
-"""The CPU decode step compiled by torch.compile (inductor's C++ backend).
+"""The CPU decode step through compiled layer graphs, which arrive while the engine already serves.
 
-Eagerly, a decode step of the default model runs ~75 small ops per layer (norms, rotary, cache
-writes, attention, activations), whose dispatch costs more than their arithmetic at small
-batches. Compiled, each layer is a handful of fused C++ loops around the matmuls and the
-attention, which reads the cache in place (``engine.kernels.cpu``, C++ built on first use).
+At start-up every graph the step needs (``layer_graphs``: one per kind of layer and batch range)
+is looked up in the cache folder; those present are loaded at once (milliseconds). The rest are
+compiled by a worker process (``compile_worker``) while steps run eagerly, and each batch range
+switches to its graphs between two steps, once all of them are loaded. A step reads its range's
+graphs once, so a step never mixes paths, and a request in flight simply continues on the faster
+one. ``graphs_ready`` of ``graphs_total`` tells how far it has come (the server's ``/metrics``).
 
-Shapes: the batch and the block-table width are symbolic (``mark_dynamic``, with size-oblivious
-reasoning so a width of 1 is not special), so no batch size or context length recompiles. The
-graphs differ only where the model branches on the batch: a batch of one (some fake-tensor
-stride rules tell 1 apart whatever the reasoning) and the row limits of the low-bit kernels
-(a layer takes its int4/int8 weight up to ``max_rows`` rows). That makes a few batch-size
-ranges, one graph each, all compiled by ``warm_up`` before any request waits.
-
-Once warm, a step calls its range's compiled code directly (the bytecode dynamo produced, as
-vLLM's custom dispatcher does): dynamo's guards over ~400 weight tensors would cost ~1.5 ms a
-step. That is sound because nothing the guards watch changes after start-up (weights, dtypes,
-grad mode), and ``warm_up`` checks what the dispatch assumes: a second batch size and another
-table width in each range run on its graph without compiling.
-
-Inductor writes the step's wrapper in C++ as well as its kernels (``cpp_wrapper``), so a step
-is one call into compiled code. Artifacts are cached on disk by inductor
-(``TORCHINDUCTOR_CACHE_DIR``, by default ``<engine cache>/inductor``), so a second start with the
-same model and torch skips codegen and the C++ compiler; dynamo still traces each graph (~10 s
-each for the default model).
+A compiled step runs the embedding and the final norm eagerly and calls each layer's graph with
+the layer's weights and the step's tensors: no tracing, no guards, one call into compiled code per
+layer. The first layer gets a zero residual where the eager model passes none (``x + 0`` is ``x``).
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-import types
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.fx.experimental._config as fx_config
 
 from engine.kernels import cpu as cpu_kernels
-from engine.model.forward_batch import DecodeMetadata, ForwardBatch
-from engine.model.layers.linear import Linear
+from engine.model.forward_batch import ForwardBatch
+
+from .layer_graphs import LayerGraph, StepShapes, batch_ranges, layer_tensors, load_package, meta_copy, structure_digest
 
 logger = logging.getLogger(__name__)
-_instances = itertools.count()
-# A C++ wrapper calls the step's ~300 kernels and extern ops without Python in between: 6-14% off the
-# step at batches 1-32 on the default model (benchmarks/NOTES.md), for a longer first compile.
-INDUCTOR_OPTIONS = {"cpp_wrapper": True}
-
-
-def use_compile_cache(folder: Path) -> Path:
-    """Point inductor's on-disk cache at ``folder`` unless the user chose one (``TORCHINDUCTOR_CACHE_DIR``)."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
-    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-
-
-def _decode_step(model, kv_layers, input_ids, positions, slot_mapping, block_tables, seq_lens) -> torch.Tensor:
-    return model(input_ids, positions, DecodeMetadata(slot_mapping, block_tables, seq_lens), kv_layers)
 
 
 class CompiledDecode:
-    def __init__(self, model: torch.nn.Module, kv_layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        from torch._inductor.compile_fx import compile_fx
-
-        cpu_kernels.load()
+    def __init__(self, model: torch.nn.Module, kv_layers: list[tuple[torch.Tensor, torch.Tensor]], max_num_seqs: int,
+                 folder: Path) -> None:
+        """Load the graphs ``folder`` holds and start compiling the others in the background."""
         self.model, self.kv_layers = model, kv_layers
-        self.num_graphs = 0  # compiled so far by this engine: stays put after warm_up
-
-        def inductor(graph, example_inputs):
-            self.num_graphs += 1
-            return compile_fx(graph, example_inputs, config_patches=INDUCTOR_OPTIONS)
-
-        # dynamo keeps compiled graphs on the code object: a code object of its own keeps this engine's
-        # graphs apart from other engines' in the process (and frees them with it)
-        code = _decode_step.__code__.replace(co_name=f"decode_step_{next(_instances)}")
-        self._step = types.FunctionType(code, _decode_step.__globals__)
-        self._compiled = torch.compile(self._step, backend=inductor, fullgraph=True, dynamic=False)
-        self._range_starts: list[int] = []  # the smallest batch of each range, ascending
-        self._range_steps: list[types.FunctionType] = []  # its compiled code, called without guards
-
-    def run(self, batch: ForwardBatch) -> torch.Tensor:
-        """Hidden states of a decode-only step, ``[num_seqs, hidden]``."""
-        meta = batch.attention
-        inputs = (batch.input_ids, batch.positions, meta.slot_mapping, meta.block_tables, meta.seq_lens)
-        if not self._range_steps:
-            return self._guarded(*inputs)
-        step = self._range_steps[bisect.bisect_right(self._range_starts, inputs[0].shape[0]) - 1]
-        return step(self.model, self.kv_layers, *inputs)
-
-    def _guarded(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Through dynamo: compiles on a guard miss."""
-        for tensor in inputs:
-            torch._dynamo.mark_dynamic(tensor, 0)
-        torch._dynamo.mark_dynamic(inputs[3], 1)  # block-table width: the longest context of the step
-        with fx_config.patch(backed_size_oblivious=True):
-            return self._compiled(self.model, self.kv_layers, *inputs)
-
-    def batch_size_limits(self) -> list[int]:
-        """The row limits the model branches on: one graph per range between them."""
-        return sorted({module.low_bit.max_rows for module in self.model.modules()
-                       if isinstance(module, Linear) and module.low_bit is not None})
-
-    @torch.inference_mode()
-    def warm_up(self, max_num_seqs: int, block_size: int) -> None:
-        """Compile the graph of every batch-size range now (dummy steps writing block 0), keep each
-        graph's code for direct calls, and check that each serves a second size and width unchanged."""
         started = time.monotonic()
-        limits = [limit for limit in self.batch_size_limits() if limit < max_num_seqs]
-        starts = sorted({1, 2, *(limit + 1 for limit in limits)} & set(range(1, max_num_seqs + 1)))
-        ends = [next_start - 1 for next_start in starts[1:]] + [max_num_seqs]
-        captured: list[types.CodeType] = []
+        layers = model.model.layers
+        k_cache = kv_layers[0][0]
+        step = StepShapes(model.spec.hidden_size, k_cache.dtype,
+                          (tuple(model.cos_sin_cache.shape), model.cos_sin_cache.dtype), tuple(k_cache.shape[1:]))
+        self.ranges = batch_ranges(layers, max_num_seqs)
+        self._starts = [r.start for r in self.ranges]
+        kinds: dict[str, torch.nn.Module] = {}  # structure digest -> one meta copy
+        self._layer_kinds: list[str] = []
+        for layer in layers:
+            structure = meta_copy(layer)
+            digest = structure_digest(structure)
+            kinds.setdefault(digest, structure)
+            self._layer_kinds.append(digest)
+        # per range, per kind: its graph (ranges in order, so the worker compiles small batches first)
+        self._graphs = [{kind: LayerGraph.describe(structure, kind, step, batch, folder) for kind, structure in kinds.items()}
+                        for batch in self.ranges]
+        self._layer_tensors = [list(layer_tensors(layer).values()) for layer in layers]
+        self._steps: list[list[Callable] | None] = [None] * len(self.ranges)  # per range: each layer's graph call
+        self._runners: dict[Path, object] = {}  # loaded packages, kept alive
+        self.graphs_total = sum(len(graphs) for graphs in self._graphs)
+        self.error: str | None = None  # why compiling stopped short, if it did
+        self._process: subprocess.Popen | None = None
+        self._done = threading.Event()
+        missing = [graph for graphs in self._graphs for graph in graphs.values() if not graph.path.is_file()]
+        if len(missing) < self.graphs_total:
+            cpu_kernels.load()  # the graphs call the C++ attention (built with the first ones)
+            for graph in (g for graphs in self._graphs for g in graphs.values() if g.path.is_file()):
+                self._install(graph)
+        if not missing:
+            self._done.set()
+            logger.info("decode step: %d compiled graphs loaded from %s in %.2f s", self.graphs_total, folder,
+                        time.monotonic() - started)
+            return
+        logger.info("decode step: compiling %d of %d graphs in the background (batch ranges %s; about %d s on this "
+                    "machine's first start, then cached in %s); steps run eagerly until then", len(missing),
+                    self.graphs_total, ", ".join(r.describe() for r in self.ranges), 15 * len(missing), folder)
+        job = Path(tempfile.mkdtemp(prefix="engine-compile-"))
+        self._process = _start_worker(missing, job, folder / "inductor")
+        weakref.finalize(self, _stop, self._process)  # also at exit: no worker outlives the engine's process
+        threading.Thread(target=self._watch, args=(self._process, missing, job, started), name="engine-compile-watch",
+                         daemon=True).start()
 
-        def capture(code: types.CodeType, new_code: types.CodeType) -> None:
-            if code is self._step.__code__:
-                captured.append(new_code)
+    @property
+    def graphs_ready(self) -> int:
+        return len(self._runners)
 
-        logger.info("compiling the decode step for batch ranges %s: minutes on a first start, seconds once "
-                    "cached in %s (enforce_eager skips it)", [f"{start}-{end}" for start, end in zip(starts, ends)],
-                    os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
-        hook = torch._dynamo.convert_frame.register_bytecode_hook(capture)
+    @property
+    def full_speed(self) -> bool:
+        return self.graphs_ready == self.graphs_total
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every graph is loaded or compilation failed; True if all are loaded."""
+        self._done.wait(timeout)
+        return self.full_speed
+
+    def stop(self) -> None:
+        """Stop compiling (the worker process); graphs already loaded stay in use."""
+        if self._process is not None:
+            _stop(self._process)
+
+    def run(self, batch: ForwardBatch) -> torch.Tensor | None:
+        """Hidden states ``[num_seqs, hidden]`` of a decode-only step, or None while its range is not compiled."""
+        input_ids = batch.input_ids
+        steps = self._steps[bisect.bisect_right(self._starts, input_ids.shape[0]) - 1]
+        if steps is None:
+            return None
+        meta, body = batch.attention, self.model.model
+        hidden = body.embed_tokens(input_ids)
+        residual = torch.zeros_like(hidden)
+        inputs = (batch.positions, self.model.cos_sin_cache, meta.slot_mapping, meta.block_tables, meta.seq_lens)
+        for call, tensors, (k_cache, v_cache) in zip(steps, self._layer_tensors, self.kv_layers):
+            hidden, residual = call([*tensors, hidden, residual, *inputs, k_cache, v_cache])
+        return body.norm(hidden, residual)[0]
+
+    def _install(self, graph: LayerGraph) -> None:
+        """Load a package; a range switches over once every kind of layer has its graph."""
+        self._runners[graph.path] = load_package(graph.path)
+        for index, graphs in enumerate(self._graphs):
+            if self._steps[index] is None and all(g.path in self._runners for g in graphs.values()):
+                self._steps[index] = [self._runners[graphs[kind].path].boxed_run for kind in self._layer_kinds]
+
+    def _watch(self, process: subprocess.Popen, graphs: list[LayerGraph], job: Path, started: float) -> None:
         try:
-            for index, (start, end) in enumerate(zip(starts, ends)):
-                graph_started = time.monotonic()
-                self._guarded(*self._dummy_inputs(start, 2, block_size))
-                logger.info("decode graph %d/%d (batches %d-%d) ready in %.1f s", index + 1, len(starts), start, end,
-                            time.monotonic() - graph_started)
+            for line in process.stdout:
+                graph = graphs[int(line)]
+                if not self._runners:
+                    cpu_kernels.load()
+                self._install(graph)
+                logger.info("decode step: graph for batches %s ready after %.1f s (%d/%d)", graph.batch.describe(),
+                            time.monotonic() - started, self.graphs_ready, self.graphs_total)
+            if process.wait() > 0:  # < 0: stopped by a signal, ours
+                lines = (job / "worker.log").read_text().strip().splitlines()
+                self.error = lines[-1] if lines else f"exit code {process.returncode}"
+                logger.warning("decode step: compiling failed (%s; log: %s); steps stay eager where no graph is ready",
+                               self.error, job / "worker.log")
+                return
+            if self.full_speed:
+                logger.info("decode step: full speed, all %d graphs ready in %.1f s", self.graphs_total,
+                            time.monotonic() - started)
+            shutil.rmtree(job, ignore_errors=True)
+        except Exception as err:  # a package that does not load: serve on, eagerly, and say why
+            self.error = repr(err)
+            logger.exception("decode step: loading a compiled graph failed; steps stay eager where none is ready")
         finally:
-            hook.remove()
-        if len(captured) != len(starts):
-            raise RuntimeError(f"expected one compiled graph per batch range starting at {starts}, got {len(captured)}")
-        graphs = self.num_graphs
-        for start, end in zip(starts, ends):
-            self._guarded(*self._dummy_inputs(end, 3, block_size))
-        if self.num_graphs != graphs:
-            raise RuntimeError(f"a batch range {list(zip(starts, ends))} needed a second graph; cannot dispatch by range")
-        self._range_starts = starts
-        self._range_steps = [types.FunctionType(code, self._step.__globals__) for code in captured]
-        logger.info("compiled the decode step (%d graphs) in %.1f s", self.num_graphs, time.monotonic() - started)
+            self._done.set()
 
-    def _dummy_inputs(self, size: int, width: int, block_size: int) -> tuple[torch.Tensor, ...]:
-        device = self.kv_layers[0][0].device
-        ids = torch.zeros(size, dtype=torch.int64, device=device)
-        block_tables = torch.zeros((size, width), dtype=torch.int32, device=device)
-        seq_lens = torch.ones(size, dtype=torch.int32, device=device)
-        return ids, ids.clone(), torch.arange(size, device=device) % block_size, block_tables, seq_lens
+
+def _start_worker(graphs: list[LayerGraph], job: Path, inductor_cache: Path) -> subprocess.Popen:
+    """The compiler process; inductor's own cache goes beside the packages unless the user chose one."""
+    torch.save(graphs, job / "job.pt")
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache), **os.environ}
+    with open(job / "worker.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "engine.step.compile_worker", str(job / "job.pt")], env=env,
+                                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()

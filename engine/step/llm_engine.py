@@ -29,8 +29,8 @@ from engine.sampling.sampler import Sampler
 from engine.sampling.sampling_params import InvalidSamplingParam, SamplingParams
 from engine.scheduler import FinishReason, Request, Scheduler, SchedulerConfig, StopConditions
 
-from .compiled_decode import use_compile_cache
 from .kv_cache import bytes_per_block, num_blocks_for_memory
+from .model_runner import ModelRunner
 from .parallel_runner import ParallelRunner, RunnerArgs
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,14 @@ class EngineStats:
     num_generated_tokens: int  # tokens sampled, all time
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache, all time
     prefix_cache_hits: int  # of those, tokens found
+    compiled_graphs: int = 0  # CPU decode graphs loaded so far: full speed once it reaches graphs_total
+    graphs_total: int = 0  # the graphs the fast decode path needs (0: none, e.g. eager or CUDA)
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
+        """Load the model and tokenizer, size the KV cache, and set up the fast decode path; the engine
+        serves as soon as this returns, while CPU decode graphs may still compile in the background."""
         self.config = config
         source = resolve_model(config.model)
         self.model_name = source.name
@@ -68,34 +72,10 @@ class LLMEngine:
         device = config.resolve_device()
         dtype = config.resolve_dtype(device, getattr(hf_config, "dtype", None))
         max_model_len = _max_model_len(config, hf_config)
-
         started = time.monotonic()
-        ops = kernel_set(resolve_kernels(config.kernels, device))
-        parallel = config.tensor_parallel_size > 1
-        # the compiled CPU step and CUDA graphs are not yet measured with collectives inside: eager under TP
-        eager = config.enforce_eager or parallel
-        compile_decode = device.type == "cpu" and not eager and ops.name == "torch"
-        if compile_decode:  # before loading: loading weights already settles torch's default cache folder
-            use_compile_cache(cache_dir() / "inductor")
         self.tokenizer = load_tokenizer(source, config.chat_template)
-        quant = quant_format_from(hf_config, None if source.is_gguf else source.path, config.quantization)
-        dequantize = config.quantization == "none"
-        # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
-        low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available()
-        runner_args = RunnerArgs(source, hf_config, device, dtype, ops.name, quant, low_bit, dequantize)
-        if parallel:
-            if device.type == "cpu":  # the ranks share the machine's cores
-                torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))
-            self.runner = ParallelRunner(runner_args, config.tensor_parallel_size)
-        else:
-            self.runner = runner_args.build(TensorParallel())
-        spec = self.runner.model.spec  # rank 0's: it holds the most KV heads, so its blocks are the largest
-        block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.local_kv_heads, spec.head_dim, dtype)
-        max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
-        num_blocks = config.num_kv_blocks or num_blocks_for_memory(
-            config.kv_cache_memory_gb, block_bytes, device, config.gpu_memory_utilization,
-            activation_bytes=_activation_bytes(spec, max_num_batched_tokens, config.max_num_seqs),
-        )
+        self.runner = self._build_runner(source, hf_config, device, dtype)
+        num_blocks, block_bytes, max_num_batched_tokens = self._size_kv_cache(device, dtype)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -105,14 +85,12 @@ class LLMEngine:
             enable_prefix_caching=config.enable_prefix_caching,
         ))
         self.runner.allocate_kv_cache(num_blocks, config.block_size)
-        if device.type == "cuda" and not eager:
-            self.runner.capture_decode_graphs(config.max_num_seqs, max_model_len)
-        if compile_decode:
-            self.runner.compile_decode(config.max_num_seqs)
+        self._set_up_fast_decode(device, max_model_len)
         self.runtime = RuntimeInfo(device, dtype, max_model_len, max_num_batched_tokens, num_blocks,
                                    num_blocks * block_bytes)
         logger.info("loaded %s in %.1f s: %s", source.name, time.monotonic() - started, self.runtime.describe())
 
+        spec = self.runner.model.spec
         self.vocab_size = spec.vocab_size
         self.eos_token_id = self.tokenizer.eos_token_id
         self.input_processor = InputProcessor(self.tokenizer, spec.vocab_size)
@@ -121,6 +99,47 @@ class LLMEngine:
         self.sampler = Sampler(config.seed, device)
         self._num_prefill_tokens = 0
         self._num_generated_tokens = 0
+
+    @property
+    def _eager(self) -> bool:
+        # the compiled CPU step and CUDA graphs are not yet measured with collectives inside: eager under TP
+        return self.config.enforce_eager or self.config.tensor_parallel_size > 1
+
+    def _build_runner(self, source, hf_config, device: torch.device, dtype: torch.dtype) -> ModelRunner | ParallelRunner:
+        """Load the weights: on this process, or on one worker process per tensor-parallel rank."""
+        config = self.config
+        ops = kernel_set(resolve_kernels(config.kernels, device))
+        quant = quant_format_from(hf_config, None if source.is_gguf else source.path, config.quantization)
+        dequantize = config.quantization == "none"
+        # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
+        low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available()
+        runner_args = RunnerArgs(source, hf_config, device, dtype, ops.name, quant, low_bit, dequantize)
+        if config.tensor_parallel_size == 1:
+            return runner_args.build(TensorParallel())
+        if device.type == "cpu":  # the ranks share the machine's cores
+            torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))
+        return ParallelRunner(runner_args, config.tensor_parallel_size)
+
+    def _size_kv_cache(self, device: torch.device, dtype: torch.dtype) -> tuple[int, int, int]:
+        """The number of KV blocks, the bytes of one, and the step's token budget."""
+        config = self.config
+        spec = self.runner.model.spec  # rank 0's: it holds the most KV heads, so its blocks are the largest
+        block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.local_kv_heads, spec.head_dim, dtype)
+        max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
+        num_blocks = config.num_kv_blocks or num_blocks_for_memory(
+            config.kv_cache_memory_gb, block_bytes, device, config.gpu_memory_utilization,
+            activation_bytes=_activation_bytes(spec, max_num_batched_tokens, config.max_num_seqs),
+        )
+        return num_blocks, block_bytes, max_num_batched_tokens
+
+    def _set_up_fast_decode(self, device: torch.device, max_model_len: int) -> None:
+        """CUDA graphs on CUDA (captured now); compiled layer graphs on the CPU (loaded, or compiled meanwhile)."""
+        if self._eager:
+            return
+        if device.type == "cuda":
+            self.runner.capture_decode_graphs(self.config.max_num_seqs, max_model_len)
+        elif device.type == "cpu" and self.runner.ops.name == "torch":
+            self.runner.compile_decode(self.config.max_num_seqs, cache_dir() / "compiled")
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     prompt_token_ids: list[int] | None = None) -> None:
@@ -206,19 +225,23 @@ class LLMEngine:
         return self.output_processor.abort(request_id)
 
     def shutdown(self) -> None:
-        """Release what outlives the object: tensor-parallel worker processes (none otherwise)."""
+        """Release what outlives the object: tensor-parallel worker processes, a decode-graph compiler."""
         if isinstance(self.runner, ParallelRunner):
             self.runner.shutdown()
+        elif self.runner.compiled_decode is not None:
+            self.runner.compiled_decode.stop()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 
     def stats(self) -> EngineStats:
         manager = self.scheduler.block_manager
+        compiled = getattr(self.runner, "compiled_decode", None)
         return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, manager.num_used_blocks,
                            manager.num_total_blocks, self.scheduler.num_preemptions,
                            self._num_prefill_tokens, self._num_generated_tokens,
-                           self.scheduler.prefix_cache_queries, self.scheduler.prefix_cache_hits)
+                           self.scheduler.prefix_cache_queries, self.scheduler.prefix_cache_hits,
+                           compiled.graphs_ready if compiled else 0, compiled.graphs_total if compiled else 0)
 
     def check_invariants(self) -> None:
         self.scheduler.block_manager.check_invariants()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -67,17 +68,18 @@ class ModelRunner:
         self.decode_graphs = DecodeGraphs(self.model, self.kv_cache.layers, max_num_seqs, max_blocks, self.device)
         self.decode_graphs.capture()
 
-    def compile_decode(self, max_num_seqs: int) -> None:
-        """On the CPU: compile the decode step (after the KV cache exists) and its every graph now."""
-        self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers)
-        self.compiled_decode.warm_up(max_num_seqs, self.kv_cache.block_size)
+    def compile_decode(self, max_num_seqs: int, folder: Path) -> None:
+        """On the CPU: decode steps through compiled layer graphs, from ``folder`` or compiled in the background."""
+        self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers, max_num_seqs, folder)
 
     def run_model(self, batch: ForwardBatch, graphs_allowed: bool = True) -> torch.Tensor:
         """Hidden states of every token of the step: a CUDA graph, the compiled CPU decode step, or eager."""
         if self.decode_graphs is not None and graphs_allowed and self.decode_graphs.can_run(batch):
             return self.decode_graphs.run(batch)
         if self.compiled_decode is not None and isinstance(batch.attention, DecodeMetadata):
-            return self.compiled_decode.run(batch)
+            hidden = self.compiled_decode.run(batch)
+            if hidden is not None:
+                return hidden
         return self.model(batch.input_ids, batch.positions, batch.attention, self.kv_cache.layers)
 
     @torch.inference_mode()

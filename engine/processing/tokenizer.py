@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from engine.model.loader import ModelSource
 
 
+# tokenizer_config.json's names for transformers' generic fast tokenizer (4.x, 5.x)
+_GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
 def load_tokenizer(source: ModelSource, chat_template: str | None = None):
     """The model's tokenizer; ``chat_template`` (Jinja text or a file holding it) replaces its template,
-    as for a model whose own template does not render tools."""
-    from transformers import AutoTokenizer
+    as for a model whose own template does not render tools.
 
-    tokenizer = AutoTokenizer.from_pretrained(source.meta_path)
+    Where the folder names the generic fast tokenizer, that class is loaded directly: it is what
+    ``AutoTokenizer`` picks, without importing the model configs (a second of imports)."""
+    import transformers
+
+    settings = source.meta_path / "tokenizer_config.json"
+    name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
+    loader = getattr(transformers, name) if name in _GENERIC_CLASSES else transformers.AutoTokenizer
+    tokenizer = loader.from_pretrained(source.meta_path)
     if chat_template is not None:
         tokenizer.chat_template = read_chat_template(chat_template)
     return tokenizer

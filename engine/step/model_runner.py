@@ -12,6 +12,8 @@ from engine.kernels import KernelSet
 from engine.model.architectures.registry import build_model
 from engine.model.forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch, SampledRows
 from engine.model.loader import ModelSource, iter_weights
+from engine.model.loader.resolve import cache_dir
+from engine.model.loader.snapshot import checkpoint_identity, converted_model
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import QuantFormat
 from engine.scheduler import SchedulerOutput
@@ -37,6 +39,15 @@ class StepResult:
     prompt_logits: dict[str, torch.Tensor]
 
 
+SNAPSHOT_MIN_BYTES = 32 * 2**20  # smaller checkpoints convert faster than their snapshot would load
+
+
+def _materialize(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Allocate a meta-device model's tensors, uninitialised (``to_empty`` goes through torch's Python
+    reference of ``empty_like``, whose first use imports sympy: most of a second)."""
+    return model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+
+
 class ModelRunner:
     def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype, ops: KernelSet,
                  quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False,
@@ -45,12 +56,23 @@ class ModelRunner:
         torch's CPU kernels for small steps; ``dequantize``: compute AWQ/GPTQ layers on dense weights
         (always so on the CPU); ``tp``: this rank's share of a tensor-parallel model."""
         self.device, self.dtype, self.ops = device, dtype, ops
-        with torch.device("meta"):  # no random init of weights that are overwritten at once
-            model = build_model(hf_config, ops, quant, tp)
-        model = model.to(dtype).to_empty(device=device)
-        model.load_weights(iter_weights(source), low_bit=low_bit, unpack_quantized=dequantize or device.type == "cpu")
-        model.initialize_buffers(device)
-        self.model = model.eval()
+
+        def load() -> torch.nn.Module:
+            with torch.device("meta"):  # no random init of weights that are overwritten at once
+                model = build_model(hf_config, ops, quant, tp)
+            model = _materialize(model.to(dtype), device)
+            model.load_weights(iter_weights(source), low_bit=low_bit, unpack_quantized=dequantize or device.type == "cpu")
+            model.initialize_buffers(hf_config, device)
+            return model.eval()
+
+        files = [source.path] if source.is_gguf else list(source.path.glob("*.safetensors"))
+        converts = device.type == "cpu" and not tp.enabled and (source.is_gguf or quant is not None)
+        # unpacking and repacking low-bit blocks takes seconds to minutes; a small model's, milliseconds
+        if converts and sum(f.stat().st_size for f in files) >= SNAPSHOT_MIN_BYTES:
+            settings = [str(dtype), ops.name, repr(quant), f"low_bit={low_bit}", f"dequantize={dequantize}"]
+            self.model = converted_model(cache_dir() / "converted", [*checkpoint_identity(files), *settings], load)
+        else:
+            self.model = load()
         self.kv_cache: KVCache | None = None
         self.planner: AttentionPlanner | None = None
         self.decode_graphs: DecodeGraphs | None = None

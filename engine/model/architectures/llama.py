@@ -226,12 +226,11 @@ class DecoderForCausalLM(nn.Module):
         self.model = DecoderModel(spec, ops)
         # tied: the lm_head shares the embedding's dense weight (set by load_weights) and gets its own low-bit kernel
         self.lm_head = Linear(spec.hidden_size, tp.vocab(spec.vocab_size).size)
-        self._hf_config = hf_config
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
 
-    def initialize_buffers(self, device: torch.device) -> None:
+    def initialize_buffers(self, hf_config, device: torch.device) -> None:
         """Compute the fp32 rotary table; called after the parameters are materialised and cast."""
-        self.cos_sin_cache = build_cos_sin_cache(self._hf_config, self.spec.head_dim, self.spec.max_position).to(device)
+        self.cos_sin_cache = build_cos_sin_cache(hf_config, self.spec.head_dim, self.spec.max_position).to(device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionMetadata | DecodeMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Model resolution and weight loading."""
 
 from .resolve import ModelSource, resolve_model
-from .weights import iter_weights, load_hf_config
+from .hf_config import load_hf_config
+from .weights import iter_weights
 
 __all__ = ["ModelSource", "iter_weights", "load_hf_config", "resolve_model"]

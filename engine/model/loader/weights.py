@@ -17,12 +17,6 @@ from .gguf import iter_gguf_weights
 from .resolve import ModelSource
 
 
-def load_hf_config(source: ModelSource):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source.meta_path)
-
-
 def iter_weights(source: ModelSource) -> Iterator[tuple[str, torch.Tensor | LowBitGroups]]:
     if source.is_gguf:
         yield from iter_gguf_weights(source.path)

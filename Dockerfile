@@ -30,6 +30,11 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
 
 USER 1000
 ENV HOME=/home/engine PYTHONUNBUFFERED=1
+# Fill the cache folder (~/.cache/engine) for the default model and serve's default flags: the default
+# model's file, its converted weights, and the compiled decode graphs with the C++ attention they call.
+# A container on the same kind of CPU serves at full speed from its first request; on another CPU the
+# graphs compile in the background while it serves (deploy/kserve/README.md: warm caches for your model).
+RUN engine warmup
 EXPOSE 8080
 ENTRYPOINT ["engine"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]

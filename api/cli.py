@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--min-p", type=float, default=0.0)
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeat for several)")
+    gen.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-sequence token (benchmarks)")
     _add_engine_flags(gen, max_num_seqs=1)  # one sequence: only the batch-1 decode graph to compile
 
     quant = commands.add_parser("quantize", help="write an AWQ or GPTQ checkpoint from a full-precision model folder")
@@ -117,7 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                             top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                             repetition_penalty=args.repetition_penalty, stop=args.stop,
-                            output_kind=RequestOutputKind.DELTA)
+                            ignore_eos=args.ignore_eos, output_kind=RequestOutputKind.DELTA)
     if args.chat:
         text, token_ids = engine.input_processor.render_chat([{"role": "user", "content": args.prompt}])
         engine.add_request("cli", text, params, prompt_token_ids=token_ids)

@@ -133,15 +133,15 @@ class CompiledDecode:
                 self._install(graph)
                 logger.info("decode step: graph for batches %s ready after %.1f s (%d/%d)", graph.batch.describe(),
                             time.monotonic() - started, self.graphs_ready, self.graphs_total)
+                if self.full_speed:
+                    logger.info("decode step: full speed, all %d graphs ready in %.1f s", self.graphs_total,
+                                time.monotonic() - started)
             if process.wait() > 0:  # < 0: stopped by a signal, ours
                 lines = (job / "worker.log").read_text().strip().splitlines()
                 self.error = lines[-1] if lines else f"exit code {process.returncode}"
                 logger.warning("decode step: compiling failed (%s; log: %s); steps stay eager where no graph is ready",
                                self.error, job / "worker.log")
                 return
-            if self.full_speed:
-                logger.info("decode step: full speed, all %d graphs ready in %.1f s", self.graphs_total,
-                            time.monotonic() - started)
             shutil.rmtree(job, ignore_errors=True)
         except Exception as err:  # a package that does not load: serve on, eagerly, and say why
             self.error = repr(err)

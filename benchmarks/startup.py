@@ -13,9 +13,13 @@ file in the same run. Times are from the command's launch:
   median of those three requests' medians; full speed is the start of the first request from
   which every request's median is within 5% of it.
 
-``engine generate`` (its own defaults: one sequence) is timed the same way from its stdout: the
-first token is the first bytes written, and full speed is found over a long generation
-(``--generate-tokens``, ``--ignore-eos``) in windows of 32 writes (one per token).
+``engine generate`` (its own defaults: one sequence) is timed from its stdout over a long generation
+(``--generate-tokens``, ``--ignore-eos``): the first token is the first bytes written, and the
+inter-token latency is taken in windows of 32 writes (one per token). The context grows along the
+generation, and the latency with it, so each window is compared with the warm run, the reference:
+full speed is the start of the first window from which every window is within 5% of the slowest of
+the reference's five windows around it (run-to-run jitter here is a few percent). The warm run is
+its own reference: its graph is loaded before its first token.
 
     python -m benchmarks.startup --out benchmarks/results/startup.json --plot benchmarks/results/startup.png
 """
@@ -138,10 +142,21 @@ def time_generate(command: list[str], env: dict[str, str], log: Path, timeout_s:
     if process.returncode != 0 or len(writes) < 4 * WINDOW:
         raise RuntimeError(f"engine generate exited with {process.returncode} after {len(writes)} writes; see {log}")
     windows = [writes[i : i + WINDOW + 1] for i in range(0, len(writes) - WINDOW, WINDOW)]
-    itls = [1e3 * median([b - a for a, b in zip(w, w[1:])]) for w in windows]
-    steady, first = steady_from(itls, 3)
-    return {"command": command, "first_token_s": writes[0], "full_speed_s": windows[first][0],
-            "steady_itl_ms": steady, "writes": len(writes), "window_itl_ms": itls}
+    return {"command": command, "first_token_s": writes[0], "writes": len(writes),
+            "window_start_s": [w[0] for w in windows],
+            "window_itl_ms": [1e3 * median([b - a for a, b in zip(w, w[1:])]) for w in windows]}
+
+
+def generate_full_speed(run: dict, reference: dict) -> float | None:
+    """The start of the first window from which every window is within ``WITHIN`` of the reference's
+    around it (None: not before the generation ended; raise ``--generate-tokens``)."""
+    ref = reference["window_itl_ms"]
+    envelope = [max(ref[max(0, i - 2) : i + 3]) for i in range(len(ref))]
+    pairs = list(zip(run["window_itl_ms"], envelope))
+    first = len(pairs)
+    while first > 0 and pairs[first - 1][0] <= WITHIN * pairs[first - 1][1]:
+        first -= 1
+    return run["window_start_s"][first] if first < len(pairs) - 2 else None
 
 
 def plot(results: dict, path: Path) -> None:
@@ -155,7 +170,7 @@ def plot(results: dict, path: Path) -> None:
     for offset, (key, label) in enumerate((("ready_s", "ready (/health)"), ("first_token_s", "first token"),
                                            ("full_speed_s", "full speed"))):
         xs = [i + (offset - 1) * 0.27 for i in range(len(rows))]
-        values = [run.get(key, 0.0) for _, run in rows]
+        values = [run.get(key) or 0.0 for _, run in rows]
         bars = ax.bar(xs, values, width=0.27, label=label)
         ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=7)
     ax.set_xticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
@@ -201,11 +216,15 @@ def main() -> None:
                         str(args.generate_tokens), "--ignore-eos"]
             runs["engine generate"][start] = time_generate(generate, generate_env, root / f"generate-{start}.log",
                                                            args.timeout)
-            for name, starts in runs.items():
-                run = starts[start]
-                print(f"{name:16} {start}: ready {run.get('ready_s', float('nan')):6.2f} s, first token "
-                      f"{run['first_token_s']:6.2f} s, full speed {run['full_speed_s']:6.1f} s "
-                      f"(ITL {run['steady_itl_ms']:.1f} ms)", flush=True)
+    generated = runs["engine generate"]
+    for start in generated:
+        generated[start]["full_speed_s"] = generate_full_speed(generated[start], generated["warm"])
+        generated[start]["steady_itl_ms"] = median(generated["warm"]["window_itl_ms"][-3:])
+    for name, starts in runs.items():
+        for start, run in starts.items():
+            print(f"{name:16} {start}: ready {run.get('ready_s', float('nan')):6.2f} s, first token "
+                  f"{run['first_token_s']:6.2f} s, full speed {run['full_speed_s'] or float('nan'):6.1f} s "
+                  f"(steady ITL {run['steady_itl_ms']:.1f} ms)")
     results = {**run_info(), "gguf": str(gguf), "prompt_len": args.prompt_len, "output_len": args.output_len,
                "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

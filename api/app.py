@@ -18,7 +18,6 @@ from .anthropic.routes import build_router as build_anthropic_router
 from .errors import APIError, error_response, install_error_handlers
 from .metrics import EngineMetrics
 from .oip.routes import build_router as build_oip_router
-from .oip_grpc.server import start_grpc
 from .openai.routes import build_router as build_openai_router
 from .options import ServerOptions
 from .request_log import log_finished_request
@@ -40,7 +39,11 @@ def build_app(engine: AsyncLLMEngine, options: ServerOptions) -> FastAPI:
         engine.start()
         logger.info("serving %s", options.served_model_name)
         draining = lambda: app.state.draining  # noqa: E731 - set when a signal asks the server to stop
-        grpc_server = await start_grpc(engine, options, metrics, draining) if options.grpc_address else None
+        grpc_server = None
+        if options.grpc_address:  # gRPC's runtime is imported only by a server that serves it
+            from .oip_grpc.server import start_grpc
+
+            grpc_server = await start_grpc(engine, options, metrics, draining)
         try:
             yield
         finally:

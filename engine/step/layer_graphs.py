@@ -23,7 +23,6 @@ are 1, 2..limit, limit+1.. for each distinct limit.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import io
 import itertools
@@ -38,9 +37,10 @@ from engine.kernels import cpu as cpu_kernels
 from engine.model.architectures.llama import Step
 from engine.model.forward_batch import DecodeMetadata
 from engine.model.layers.linear import Linear
+from engine.model.loader.snapshot import sources_digest
 
 # what the graphs' code comes from: a change to any of these files names new packages
-_SOURCE_ROOTS = [Path(__file__).parents[1] / "model", Path(cpu_kernels.__file__).parent]
+_SOURCE_ROOTS = (Path(__file__).parents[1] / "model", Path(cpu_kernels.__file__).parent)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class LayerGraph:
                  folder: Path) -> LayerGraph:
         """``structure``: a layer's meta copy, ``digest`` its ``structure_digest``."""
         key = hashlib.sha256("\0".join([digest, repr(step), batch.describe(), torch.__version__,
-                                        cpu_kernels.cpu_fingerprint(), sources_digest()]).encode())
+                                        cpu_kernels.cpu_fingerprint(), sources_digest(_SOURCE_ROOTS)]).encode())
         return cls(structure, step, batch, folder / f"layer-{key.hexdigest()[:24]}.pt2")
 
     def compile(self) -> None:
@@ -167,13 +167,3 @@ def load_package(path: Path):
     """The package's runner, through torch's C++ loader (milliseconds; no inductor import):
     ``runner.boxed_run(inputs)`` takes the layer's tensors then the step's, and returns ``[hidden, residual]``."""
     return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-
-
-@functools.cache
-def sources_digest() -> str:
-    digest = hashlib.sha256()
-    for root in _SOURCE_ROOTS:
-        for file in sorted(root.rglob("*")):
-            if file.suffix in (".py", ".cpp"):
-                digest.update(file.read_bytes())
-    return digest.hexdigest()

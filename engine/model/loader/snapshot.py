@@ -13,6 +13,7 @@ into the user's own cache folder are loaded so.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -28,7 +29,8 @@ _MODEL_SOURCES = Path(__file__).parents[1]
 
 def converted_model(folder: Path, identity: list[str], convert: Callable[[], nn.Module]) -> nn.Module:
     """The model ``convert`` builds, from ``folder`` if an earlier start with this ``identity`` saved it."""
-    digest = hashlib.sha256("\0".join([*identity, torch.__version__, _sources_digest()]).encode()).hexdigest()[:24]
+    digest = hashlib.sha256("\0".join([*identity, torch.__version__, sources_digest((_MODEL_SOURCES,))]).encode())
+    digest = digest.hexdigest()[:24]
     path = folder / f"model-{digest}.pt"
     if path.is_file():
         try:
@@ -48,8 +50,12 @@ def checkpoint_identity(files: list[Path]) -> list[str]:
     return [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(files)]
 
 
-def _sources_digest() -> str:
+@functools.cache
+def sources_digest(roots: tuple[Path, ...]) -> str:
+    """A digest of the .py and .cpp files under ``roots``: what cached artifacts built by that code are keyed by."""
     digest = hashlib.sha256()
-    for file in sorted(_MODEL_SOURCES.rglob("*.py")):
-        digest.update(file.read_bytes())
+    for root in roots:
+        for file in sorted(root.rglob("*")):
+            if file.suffix in (".py", ".cpp"):
+                digest.update(file.read_bytes())
     return digest.hexdigest()

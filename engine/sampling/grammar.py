@@ -73,7 +73,7 @@ def grammar_text(params: StructuredOutputsParams) -> str:
 class GrammarCompiler:
     def __init__(self, tokenizer, vocab_size: int) -> None:
         """``vocab_size``: the model's (its logits' width), which may exceed the tokenizer's."""
-        self._hf_tokenizer, self.vocab_size = tokenizer, vocab_size
+        self._text_tokenizer, self.vocab_size = tokenizer, vocab_size
         self._tokenizer: LLTokenizer | None = None
         self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
         self._closers: torch.Tensor | None = None
@@ -104,7 +104,7 @@ class GrammarCompiler:
         """Packed int32 bitmask of the tokens made only of ``"``, ``]`` and ``}``: what closes JSON."""
         with self._lock:
             if self._closers is None:
-                pieces = self._hf_tokenizer.convert_ids_to_tokens(list(range(len(self._hf_tokenizer))))
+                pieces = self._text_tokenizer.convert_ids_to_tokens(list(range(len(self._text_tokenizer))))
                 allowed = torch.zeros((self.vocab_size + 31) // 32 * 32, dtype=torch.bool)
                 for token_id, piece in enumerate(pieces):
                     if piece and token_id < self.vocab_size and set(piece) <= CLOSING_CHARACTERS:
@@ -114,9 +114,11 @@ class GrammarCompiler:
 
     def _llg_tokenizer(self) -> "LLTokenizer":
         if self._tokenizer is None:
-            from llguidance.hf import from_tokenizer
+            from llguidance import LLTokenizer
 
-            self._tokenizer = from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size)
+            backend = self._text_tokenizer.backend_tokenizer
+            self._tokenizer = LLTokenizer(backend.to_str(), n_vocab=self.vocab_size,
+                                          eos_token=self._text_tokenizer.eos_token_id)
         return self._tokenizer
 
 

@@ -1,8 +1,8 @@
 """GGUF files: tensors read straight from the file, 4- and 8-bit blocks kept as blocks.
 
-Only the tensor index and the scalar settings are parsed here: gguf-py's reader turns every
-tokenizer string into numpy views (~3 s for the default model), so config and tokenizer are
-converted by transformers once and cached (``gguf_metadata_folder``). Q4_0, Q4_1 and Q8_0 tensors
+The metadata and tensor index are parsed here (gguf-py's reader turns every tokenizer string into
+a numpy view: ~3 s for the default model, where this takes 0.1 s); gguf_metadata.py writes the
+config and tokenizer from them. Q4_0, Q4_1 and Q8_0 tensors
 come back as ``Int4Groups`` / ``Int8Groups``, the stored codes with their per-32 parameters;
 every other type is dequantized by the ``gguf`` package. llama.cpp's converter permutes the rows
 of the q/k projections of "llama" models for its rotary layout; they are permuted back here, as
@@ -11,12 +11,8 @@ transformers does.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import mmap
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,7 +46,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class GGUFIndex:
-    metadata: dict  # scalar and string settings; arrays (the vocabulary) are skipped
+    metadata: dict  # scalar and string settings; arrays (the vocabulary) only where asked for
     tensors: list[TensorInfo]
     data_offset: int
 
@@ -70,23 +66,27 @@ class _Cursor:
         self.pos += size
         return text
 
-    def value(self, kind: int):
+    def value(self, kind: int, keep_arrays: bool = False):
+        """The value of type ``kind``; arrays are skipped (``None``) unless ``keep_arrays``."""
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
             item_kind, count = self.unpack("<I"), self.unpack("<Q")
             if item_kind in _SCALARS:
-                self.pos += count * struct.calcsize(_SCALARS[item_kind])
-            else:
-                for _ in range(count):
-                    self.value(item_kind)
-            return None
+                width = struct.calcsize(_SCALARS[item_kind])
+                start, self.pos = self.pos, self.pos + count * width
+                if not keep_arrays:
+                    return None
+                return np.frombuffer(self.buffer, np.dtype(_SCALARS[item_kind]), count, start).tolist()
+            items = [self.value(item_kind, keep_arrays) for _ in range(count)]
+            return items if keep_arrays else None
         if kind not in _SCALARS:
             raise ValueError(f"GGUF value type {kind} is unknown")
         return self.unpack(_SCALARS[kind])
 
 
-def read_index(path: Path) -> GGUFIndex:
+def read_index(path: Path, keep_arrays: bool = False) -> GGUFIndex:
+    """The file's settings and tensor index; with ``keep_arrays``, the arrays too (the vocabulary)."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
         cursor = _Cursor(buffer)
         if bytes(buffer[:4]) != _MAGIC:
@@ -98,7 +98,7 @@ def read_index(path: Path) -> GGUFIndex:
         metadata = {}
         for _ in range(num_kv):
             key = cursor.string()
-            value = cursor.value(cursor.unpack("<I"))
+            value = cursor.value(cursor.unpack("<I"), keep_arrays)
             if value is not None:
                 metadata[key] = value
         tensors = []
@@ -193,42 +193,3 @@ def _unpermute_rows(num_rows: int, num_heads: int) -> torch.Tensor:
 
 def _rows(tensor: torch.Tensor | LowBitGroups, index: torch.Tensor) -> torch.Tensor | LowBitGroups:
     return tensor[index] if isinstance(tensor, torch.Tensor) else tensor.rows(index)
-
-
-def gguf_metadata_folder(path: Path, cache: Path) -> Path:
-    """config.json and tokenizer files of a GGUF file, converted by transformers once and cached by
-    the file's identity (path, size, modification time)."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache / "gguf-metadata" / f"{path.stem}-{key}"
-    if (folder / "config.json").is_file():
-        return folder
-    from transformers import AutoConfig, AutoTokenizer
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        staged = Path(tmp) / "meta"
-        AutoConfig.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(staged)
-        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(staged)
-        try:
-            os.replace(staged, folder)
-        except OSError:  # another process cached the same file first
-            if not (folder / "config.json").is_file():
-                raise
-    return folder
-
-
-def convert_gguf_to_folder(path: Path, folder: Path, cache: Path) -> None:
-    """A Hugging Face folder (config, dequantized fp32 model.safetensors, tokenizer) of a GGUF model."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    meta = gguf_metadata_folder(path, cache)
-    shutil.copytree(meta, folder)
-    config = json.loads((meta / "config.json").read_text())
-    tensors = {name: (t if isinstance(t, torch.Tensor) else t.dequantize()).contiguous()
-               for name, t in iter_gguf_weights(path)}
-    if config.get("tie_word_embeddings"):
-        tensors.pop("lm_head.weight", None)
-    save_file(tensors, str(folder / "model.safetensors"))

@@ -54,7 +54,7 @@ def resolve_model(model: str | None) -> ModelSource:
 
 
 def _gguf_source(path: Path, name: str) -> ModelSource:
-    from .gguf import gguf_metadata_folder
+    from .gguf_metadata import gguf_metadata_folder
 
     return ModelSource(path, is_gguf=True, name=name, meta_path=gguf_metadata_folder(path, cache_dir()))
 
@@ -87,7 +87,7 @@ def default_model_folder() -> Path:
     folder = cache_dir() / "models" / DEFAULT_MODEL_NAME
     if (folder / "config.json").is_file():
         return folder
-    from .gguf import convert_gguf_to_folder
+    from .gguf_metadata import convert_gguf_to_folder
 
     gguf_file = default_gguf_file()
     folder.parent.mkdir(parents=True, exist_ok=True)

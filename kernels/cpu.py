@@ -64,7 +64,7 @@ def load() -> None:
         _build(name)
 
     @torch.library.register_fake("engine_cpu::paged_decode_attention")
-    def _(q, k_cache, v_cache, block_tables, seq_lens, scale):
+    def _(q, k_cache, v_cache, block_tables, seq_lens, scale, window, softcap):
         return torch.empty_like(q)
 
 
@@ -87,9 +87,12 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """q ``[num_seqs, num_heads, head_dim]`` (fp32 or bf16) -> like q; see the reference."""
-    return torch.ops.engine_cpu.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return torch.ops.engine_cpu.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, window,
+                                                       softcap)
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

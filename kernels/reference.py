@@ -45,19 +45,25 @@ def _gather_kv(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 
 def _attend(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float = 0.0
 ) -> torch.Tensor:
     """q ``[S, H, Q, D]`` over keys/values ``[S, KVH, L, D]`` with a boolean mask (True = attend) of
     ``[S, 1, G * Q, L]`` rows (each query row repeated for the G heads of a group) or ``[S, 1, 1, L]``.
 
     Grouped-query heads share their K/V without copies: the ``H // KVH`` query heads of a KV head
     are stacked into its query rows (head h reads KV head h // group, as in repeat_interleave).
+    ``softcap`` > 0 bounds the scores to ``softcap * tanh(score / softcap)`` before the softmax (Gemma 2).
     """
     num_seqs, num_heads, q_len, head_dim = q.shape
     num_kv_heads = keys.shape[1]
     group = num_heads // num_kv_heads
     grouped = q.reshape(num_seqs, num_kv_heads, group * q_len, head_dim)
-    out = F.scaled_dot_product_attention(grouped, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+    if softcap > 0:
+        scores = (grouped.float() @ keys.float().transpose(-1, -2)) * scale
+        scores = (torch.tanh(scores / softcap) * softcap).masked_fill(~mask, float("-inf"))
+        out = (torch.softmax(scores, dim=-1) @ values.float()).to(q.dtype)
+    else:
+        out = F.scaled_dot_product_attention(grouped, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
     return out.reshape(num_seqs, num_heads, q_len, head_dim)
 
 
@@ -85,30 +91,53 @@ def paged_attention_decode(
     seq_lens: torch.Tensor,
     scale: float,
     plan: DecodeLayout | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """One query token per sequence (its last position) over that sequence's cached tokens.
 
     q ``[num_seqs, num_heads, head_dim]`` -> ``[num_seqs, num_heads, head_dim]``. ``plan``: the step's
     ``plan_decode``, which a model shares across its layers (~10 small ops a layer saved at batch 1).
+    ``window`` > 0: the query sees only the last ``window`` positions, its own included (sliding-window
+    layers: key j is seen from query i where ``i - j < window``, as in transformers). ``softcap``: see ``_attend``.
     """
     if plan is None:
         plan = plan_decode(block_tables, seq_lens.to(q.device), k_cache.shape[1], q.shape[1], k_cache.shape[2])
     keys, values = _gather_kv(k_cache, plan.slots), _gather_kv(v_cache, plan.slots)
-    out = _attend(q.unsqueeze(2), keys, values, plan.mask, scale)
+    mask = plan.mask
+    if window > 0:
+        positions = torch.arange(mask.shape[-1], device=mask.device)
+        mask = mask & (positions >= seq_lens.to(mask.device)[:, None] - window)[:, None, None, :]
+    out = _attend(q.unsqueeze(2), keys, values, mask, scale, softcap)
     return out.squeeze(2)
 
 
 @dataclass(frozen=True)
 class PrefillLayout:
-    """Where each flat query goes in the padded ``[num_seqs, max_q]`` grid, the K/V slots, and the causal
-    mask (rows repeated for the query heads that share a KV head, as ``_attend`` stacks them), or None
-    when no sequence has a cached prefix (then SDPA's ``is_causal`` needs none)."""
+    """Where each flat query goes in the padded ``[num_seqs, max_q]`` grid, the K/V slots, each query
+    row's absolute position, and the causal mask (rows repeated for the query heads that share a KV
+    head, as ``_attend`` stacks them), or None when no sequence has a cached prefix (then SDPA's
+    ``is_causal`` needs none)."""
 
     token_seq: torch.Tensor
     token_row: torch.Tensor
     max_q: int
     slots: torch.Tensor
+    q_pos: torch.Tensor  # int64 [num_seqs, max_q]
     mask: torch.Tensor | None
+    group: int
+
+    def causal_mask(self, seq_lens: torch.Tensor) -> torch.Tensor:
+        """``[S, 1, G * max_q, L]``: key j seen from query row r where j <= q_pos[r] and j < seq_len."""
+        if self.mask is not None:
+            return self.mask
+        return _causal_mask(self.q_pos, seq_lens, self.slots.shape[1], self.group)
+
+
+def _causal_mask(q_pos: torch.Tensor, seq_lens: torch.Tensor, max_len: int, group: int) -> torch.Tensor:
+    k_pos = torch.arange(max_len, device=q_pos.device)
+    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
+    return mask[:, None].repeat(1, 1, group, 1)
 
 
 def plan_prefill(block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
@@ -118,18 +147,16 @@ def plan_prefill(block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_len
     num_seqs = seq_lens.shape[0]
     q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     max_q = int(q_lens.max())
-    max_len = int(seq_lens.max())
     num_tokens = int(cu_seqlens_q[-1])
     token_seq = torch.repeat_interleave(torch.arange(num_seqs, device=device), q_lens)
     token_row = torch.arange(num_tokens, device=device) - cu_seqlens_q[:-1][token_seq]
     slots = _slot_index(block_tables, seq_lens, block_size, device)
-    if torch.equal(q_lens, seq_lens.to(q_lens.dtype)):
-        return PrefillLayout(token_seq, token_row, max_q, slots, None)
     # Query row r of sequence i is at absolute position seq_len_i - q_len_i + r.
-    q_pos = (seq_lens - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
-    k_pos = torch.arange(max_len, device=device)
-    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < seq_lens[:, None, None])
-    return PrefillLayout(token_seq, token_row, max_q, slots, mask[:, None].repeat(1, 1, num_heads // num_kv_heads, 1))
+    q_pos = (seq_lens - q_lens)[:, None].long() + torch.arange(max_q, device=device)[None, :]
+    group = num_heads // num_kv_heads
+    whole = torch.equal(q_lens, seq_lens.to(q_lens.dtype))
+    mask = None if whole else _causal_mask(q_pos, seq_lens, slots.shape[1], group)
+    return PrefillLayout(token_seq, token_row, max_q, slots, q_pos, mask, group)
 
 
 def paged_attention_prefill(
@@ -141,6 +168,8 @@ def paged_attention_prefill(
     seq_lens: torch.Tensor,
     scale: float,
     plan: PrefillLayout | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Causal attention for a ragged batch of query chunks, through the block table.
 
@@ -150,7 +179,8 @@ def paged_attention_prefill(
     When no sequence has a cached prefix (every query chunk is the whole sequence), the padded
     grid is plainly causal: SDPA's ``is_causal`` needs no mask and skips the upper triangle
     (a valid query row only sees keys at or before it, never a shorter sequence's padding).
-    ``plan``: the step's ``plan_prefill``, shared across a model's layers.
+    ``plan``: the step's ``plan_prefill``, shared across a model's layers. ``window``, ``softcap``:
+    as in ``paged_attention_decode``.
     """
     if plan is None:
         plan = plan_prefill(block_tables, cu_seqlens_q.to(q.device), seq_lens.to(q.device), k_cache.shape[1],
@@ -159,11 +189,17 @@ def paged_attention_prefill(
     padded = q.new_zeros(seq_lens.shape[0], plan.max_q, *q.shape[1:])
     padded[plan.token_seq, plan.token_row] = q
     keys, values = _gather_kv(k_cache, plan.slots), _gather_kv(v_cache, plan.slots)
-    if plan.mask is None:
+    windowed = window > 0 and plan.slots.shape[1] > window
+    if plan.mask is None and not windowed and softcap <= 0:
         out = F.scaled_dot_product_attention(padded.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype),
                                              is_causal=True, scale=scale, enable_gqa=True)
     else:
-        out = _attend(padded.transpose(1, 2), keys, values, plan.mask, scale)
+        mask = plan.causal_mask(seq_lens.to(q.device))
+        if windowed:
+            k_pos = torch.arange(plan.slots.shape[1], device=q.device)
+            inside = k_pos[None, None, :] > plan.q_pos[:, :, None] - window
+            mask = mask & inside[:, None].repeat(1, 1, plan.group, 1)
+        out = _attend(padded.transpose(1, 2), keys, values, mask, scale, softcap)
     return out.transpose(1, 2)[plan.token_seq, plan.token_row]
 
 

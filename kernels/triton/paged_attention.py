@@ -4,7 +4,10 @@ Shapes: q ``[num_tokens or num_seqs, num_heads, head_dim]``; caches ``[num_block
 num_kv_heads, head_dim]`` (contiguous); block_tables int32 ``[num_seqs, max_blocks]`` (-1 pads,
 never read past ``seq_lens``). Any power-of-two block size works: K/V tiles of ``BLOCK_N``
 tokens look up each token's block, so tiles and blocks need not line up. Softmax statistics
-and accumulators are fp32; fp32 inputs use IEEE dots (no TF32).
+and accumulators are fp32; fp32 inputs use IEEE dots (no TF32). ``WINDOW`` > 0 (a sliding-window
+layer's) skips the tiles before a query's window and masks within; ``SOFTCAP`` > 0 caps the scores
+(``softcap * tanh(score / softcap)``, Gemma 2) before the softmax. Both are compile-time constants:
+a model has one or two values of each.
 """
 
 from __future__ import annotations
@@ -20,6 +23,26 @@ MIN_DOT = 16  # tl.dot needs every dimension >= 16
 
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@triton.jit
+def _capped(scores, SOFTCAP: tl.constexpr):
+    if SOFTCAP > 0:
+        scores = SOFTCAP * (2.0 * tl.sigmoid(2.0 * scores / SOFTCAP) - 1.0)  # softcap * tanh(scores / softcap)
+    return scores
+
+
+@triton.jit
+def _online_softmax_step(scores, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """Fold one tile of masked scores into the running max, sum and accumulator; a row that sees no key
+    of the tile yet (-inf everywhere, as before its sliding window) stays at zero, not NaN."""
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(scores - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -40,6 +63,7 @@ def _decode_partial_kernel(
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, ROW: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     TILE: tl.constexpr, SPLIT_TOKENS: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     """One (sequence, kv head, split): all GROUP query heads of the kv head over SPLIT_TOKENS tokens."""
     seq = tl.program_id(0)
@@ -48,6 +72,8 @@ def _decode_partial_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     start = split * SPLIT_TOKENS
     end = tl.minimum(start + SPLIT_TOKENS, seq_len)
+    if WINDOW > 0:
+        start = tl.maximum(start, seq_len - WINDOW)
 
     rows = tl.arange(0, GROUP_PAD)
     row_mask = rows < GROUP
@@ -66,14 +92,9 @@ def _decode_partial_kernel(
         tok_mask = tok < end
         k = _load_kv_tile(k_cache_ptr, table_row, tok, tok_mask, kv_head, dims, dim_mask, BLOCK_SIZE, ROW, HEAD_DIM)
         v = _load_kv_tile(v_cache_ptr, table_row, tok, tok_mask, kv_head, dims, dim_mask, BLOCK_SIZE, ROW, HEAD_DIM)
-        scores = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale
+        scores = _capped(tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale, SOFTCAP)
         scores = tl.where(tok_mask[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(scores, v, m_i, l_i, acc, PRECISION)
 
     out_rows = (seq * NUM_HEADS + heads) * NUM_SPLITS + split
     tl.store(acc_ptr + out_rows[:, None] * HEAD_PAD + dims[None, :], acc, mask=row_mask[:, None])
@@ -120,7 +141,8 @@ def plan_decode_triton(block_tables, seq_lens, block_size: int, num_heads: int, 
     return decode_split_tokens(block_tables.shape[1] * block_size, seq_lens.shape[0], num_kv_heads)
 
 
-def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, plan=None, *, out=None):
+def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, scale, plan=None, window: int = 0,
+                                  softcap: float = 0.0, *, out=None):
     """``plan``: tokens per split (``plan_decode_triton``; tests vary it). ``out`` (optional) receives the
     result: tests pass a NaN-poisoned buffer."""
     num_seqs, num_heads, head_dim = q.shape
@@ -144,6 +166,7 @@ def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, seq_lens, s
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(MIN_DOT, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, ROW=num_kv_heads * head_dim, BLOCK_SIZE=block_size,
         TILE=BLOCK_N, SPLIT_TOKENS=split_tokens, NUM_SPLITS=num_splits, PRECISION=_dot_precision(k_cache.dtype),
+        WINDOW=int(window), SOFTCAP=float(softcap),
     )
     _decode_reduce_kernel[(num_seqs, num_heads)](
         acc, maxes, sums, out, out.stride(0), out.stride(1),
@@ -159,6 +182,7 @@ def _prefill_kernel(
     scale, q_token_stride, q_head_stride, out_token_stride, out_head_stride, table_stride,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, ROW: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     """One (query tile, sequence, head): causal attention of up to BLOCK_M query rows."""
     q_tile = tl.program_id(0)
@@ -181,25 +205,25 @@ def _prefill_kernel(
                 mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
     q_pos = context + rows
     kv_end = tl.minimum(seq_len, context + (q_tile + 1) * BLOCK_M)
+    kv_start = 0
+    if WINDOW > 0:  # the tile's first row sees nothing before its window; whole tiles before it are skipped
+        kv_start = tl.maximum(context + q_tile * BLOCK_M - WINDOW + 1, 0) // TILE * TILE
     table_row = block_tables_ptr + seq * table_stride
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
-    for tile_start in range(0, kv_end, TILE):
+    for tile_start in range(kv_start, kv_end, TILE):
         tok = tile_start + tl.arange(0, TILE)
         tok_mask = tok < kv_end
         k = _load_kv_tile(k_cache_ptr, table_row, tok, tok_mask, kv_head, dims, dim_mask, BLOCK_SIZE, ROW, HEAD_DIM)
         v = _load_kv_tile(v_cache_ptr, table_row, tok, tok_mask, kv_head, dims, dim_mask, BLOCK_SIZE, ROW, HEAD_DIM)
-        scores = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale
+        scores = _capped(tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale, SOFTCAP)
         visible = (tok[None, :] <= q_pos[:, None]) & tok_mask[None, :]
+        if WINDOW > 0:
+            visible = visible & (tok[None, :] > q_pos[:, None] - WINDOW)
         scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))  # finite: key 0 is visible to every row
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(scores, v, m_i, l_i, acc, PRECISION)
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + tokens[:, None] * out_token_stride + head * out_head_stride + dims[None, :],
@@ -211,8 +235,8 @@ def plan_prefill_triton(block_tables, cu_seqlens_q, seq_lens, block_size: int, n
     return int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
 
 
-def paged_attention_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=None, *,
-                                   out=None):
+def paged_attention_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=None,
+                                   window: int = 0, softcap: float = 0.0, *, out=None):
     """``plan``: the longest query chunk (``plan_prefill_triton``)."""
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -229,6 +253,6 @@ def paged_attention_prefill_triton(q, k_cache, v_cache, block_tables, cu_seqlens
         scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, HEAD_PAD=max(MIN_DOT, triton.next_power_of_2(head_dim)),
         ROW=num_kv_heads * head_dim, BLOCK_SIZE=block_size, BLOCK_M=PREFILL_BLOCK_M, TILE=BLOCK_N,
-        PRECISION=_dot_precision(k_cache.dtype),
+        PRECISION=_dot_precision(k_cache.dtype), WINDOW=int(window), SOFTCAP=float(softcap),
     )
     return out

@@ -36,14 +36,18 @@ def _inputs(seq_lens, block_size, kv_heads, group, head_dim, seed=0):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_decode_attention_matches_the_reference(case):
+@pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (7, 0.0), (0, 2.0), (3, 1.5)])
+def test_decode_attention_matches_the_reference(case, window, softcap):
+    """``window``: a sliding-window layer's last positions; ``softcap``: Gemma 2's capped scores."""
     q, k_cache, v_cache, tables, seq_lens = _inputs(*case)
     scale = case[-1] ** -0.5
-    expected = reference.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale)
-    torch.testing.assert_close(cpu.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale), expected,
-                               atol=1e-5, rtol=0)
+    expected = reference.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale, window=window,
+                                                softcap=softcap)
+    got = cpu.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale, window, softcap)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # bf16 in and out, fp32 inside: within bf16 rounding of the fp32 result
-    got = cpu.paged_attention_decode(q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, seq_lens, scale)
+    got = cpu.paged_attention_decode(q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, seq_lens, scale,
+                                     window, softcap)
     torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
 
 

@@ -41,8 +41,9 @@ def _paged_setup(seq_lens, block_size, num_kv_heads, head_dim, seed):
     return k_cache, v_cache, block_tables, dense_k, dense_v
 
 
-def _naive_attention(q, k, v, scale):
-    """q [num_q, H, D] at the last num_q positions of k/v [L, KVH, D]; causal; loops over heads."""
+def _naive_attention(q, k, v, scale, window=0, softcap=0.0):
+    """q [num_q, H, D] at the last num_q positions of k/v [L, KVH, D]; causal, the last ``window``
+    positions only where ``window`` > 0, scores capped where ``softcap`` > 0; loops over heads."""
     num_q, num_heads = q.shape[:2]
     group = num_heads // k.shape[1]
     length = k.shape[0]
@@ -51,8 +52,11 @@ def _naive_attention(q, k, v, scale):
         kh, vh = k[:, h // group], v[:, h // group]
         for r in range(num_q):
             visible = length - num_q + r + 1
-            weights = torch.softmax((kh[:visible] @ q[r, h]) * scale, dim=0)
-            out[r, h] = weights @ vh[:visible]
+            first = max(0, visible - window) if window else 0
+            scores = (kh[first:visible] @ q[r, h]) * scale
+            if softcap:
+                scores = torch.tanh(scores / softcap) * softcap
+            out[r, h] = torch.softmax(scores, dim=0) @ vh[first:visible]
     return out
 
 
@@ -65,22 +69,28 @@ shapes = st.fixed_dictionaries({
 })
 
 
+windows = st.sampled_from([0, 0, 1, 5, 16])  # 0: all positions
+softcaps = st.sampled_from([0.0, 0.0, 2.0])
+
+
 @settings(max_examples=25, deadline=None)
-@given(shape=shapes, seq_lens=st.lists(st.integers(1, 40), min_size=1, max_size=4))
-def test_paged_attention_decode_matches_naive(shape, seq_lens):
+@given(shape=shapes, seq_lens=st.lists(st.integers(1, 40), min_size=1, max_size=4), window=windows, softcap=softcaps)
+def test_paged_attention_decode_matches_naive(shape, seq_lens, window, softcap):
     bs, kvh, d = shape["block_size"], shape["kv_heads"], shape["head_dim"]
     heads = kvh * shape["group"]
     k_cache, v_cache, tables, ks, vs = _paged_setup(seq_lens, bs, kvh, d, shape["seed"])
     q = torch.randn(len(seq_lens), heads, d)
     scale = d**-0.5
-    got = reference.paged_attention_decode(q, k_cache, v_cache, tables, torch.tensor(seq_lens, dtype=torch.int32), scale)
+    got = reference.paged_attention_decode(q, k_cache, v_cache, tables, torch.tensor(seq_lens, dtype=torch.int32), scale,
+                                           window=window, softcap=softcap)
     for i in range(len(seq_lens)):
-        torch.testing.assert_close(got[i : i + 1], _naive_attention(q[i : i + 1], ks[i], vs[i], scale), atol=ATOL, rtol=0)
+        expected = _naive_attention(q[i : i + 1], ks[i], vs[i], scale, window, softcap)
+        torch.testing.assert_close(got[i : i + 1], expected, atol=ATOL, rtol=0)
 
 
 @settings(max_examples=25, deadline=None)
-@given(shape=shapes, data=st.data())
-def test_paged_attention_prefill_matches_naive(shape, data):
+@given(shape=shapes, data=st.data(), window=windows, softcap=softcaps)
+def test_paged_attention_prefill_matches_naive(shape, data, window, softcap):
     bs, kvh, d = shape["block_size"], shape["kv_heads"], shape["head_dim"]
     heads = kvh * shape["group"]
     seq_lens = data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=4))
@@ -91,25 +101,28 @@ def test_paged_attention_prefill_matches_naive(shape, data):
     q = torch.randn(sum(q_lens), heads, d)
     cu = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
     scale = d**-0.5
-    got = reference.paged_attention_prefill(q, k_cache, v_cache, tables, cu, torch.tensor(seq_lens, dtype=torch.int32), scale)
+    got = reference.paged_attention_prefill(q, k_cache, v_cache, tables, cu, torch.tensor(seq_lens, dtype=torch.int32), scale,
+                                            window=window, softcap=softcap)
     for i in range(len(seq_lens)):
         rows = slice(int(cu[i]), int(cu[i + 1]))
-        torch.testing.assert_close(got[rows], _naive_attention(q[rows], ks[i], vs[i], scale), atol=ATOL, rtol=0)
+        expected = _naive_attention(q[rows], ks[i], vs[i], scale, window, softcap)
+        torch.testing.assert_close(got[rows], expected, atol=ATOL, rtol=0)
 
 
 @settings(max_examples=15, deadline=None)
-@given(shape=shapes, seq_lens=st.lists(st.integers(1, 40), min_size=1, max_size=4))
-def test_paged_attention_prefill_without_a_cached_prefix_matches_naive(shape, seq_lens):
+@given(shape=shapes, seq_lens=st.lists(st.integers(1, 40), min_size=1, max_size=4), window=windows)
+def test_paged_attention_prefill_without_a_cached_prefix_matches_naive(shape, seq_lens, window):
     """Every query chunk is its whole sequence: the mask-free is_causal path, ragged lengths padded."""
     bs, kvh, d = shape["block_size"], shape["kv_heads"], shape["head_dim"]
     k_cache, v_cache, tables, ks, vs = _paged_setup(seq_lens, bs, kvh, d, shape["seed"])
     q = torch.randn(sum(seq_lens), kvh * shape["group"], d)
     cu = torch.tensor([0] + list(torch.tensor(seq_lens).cumsum(0)), dtype=torch.int32)
     lens = torch.tensor(seq_lens, dtype=torch.int32)
-    got = reference.paged_attention_prefill(q, k_cache, v_cache, tables, cu, lens, d**-0.5)
+    got = reference.paged_attention_prefill(q, k_cache, v_cache, tables, cu, lens, d**-0.5, window=window)
     for i in range(len(seq_lens)):
         rows = slice(int(cu[i]), int(cu[i + 1]))
-        torch.testing.assert_close(got[rows], _naive_attention(q[rows], ks[i], vs[i], d**-0.5), atol=ATOL, rtol=0)
+        expected = _naive_attention(q[rows], ks[i], vs[i], d**-0.5, window)
+        torch.testing.assert_close(got[rows], expected, atol=ATOL, rtol=0)
 
 
 def test_store_kv_skips_padding_slots():

@@ -74,9 +74,14 @@ def seq_lengths(block_size_key="block_size"):
     return st.lists(st.one_of(st.integers(1, 70), st.sampled_from([1, 8, 16, 32, 64])), min_size=1, max_size=4)
 
 
+# (sliding window, score cap): 0 is off; a window shorter than a tile and one spanning tiles and splits
+masking = st.sampled_from([(0, 0.0), (0, 0.0), (5, 0.0), (40, 0.0), (0, 3.0), (20, 2.0)])
+
+
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(shape=attention_shapes, seq_lens=seq_lengths(), split_tokens=st.sampled_from([None, 32, 64]))
-def test_paged_attention_decode(shape, seq_lens, split_tokens):
+@given(shape=attention_shapes, seq_lens=seq_lengths(), split_tokens=st.sampled_from([None, 32, 64]), masks=masking)
+def test_paged_attention_decode(shape, seq_lens, split_tokens, masks):
+    window, softcap = masks
     gen = torch.Generator().manual_seed(shape["seed"])
     dtype, head_dim = shape["dtype"], shape["head_dim"]
     k_cache, v_cache, table = paged_cache(seq_lens, shape["block_size"], shape["num_kv_heads"], head_dim, dtype, gen)
@@ -86,15 +91,17 @@ def test_paged_attention_decode(shape, seq_lens, split_tokens):
     out = nan_like(q)
     # None: the plan the engine builds once per step
     plan = split_tokens or TRITON.plan_decode(table, lens, shape["block_size"], heads, shape["num_kv_heads"])
-    TRITON.paged_attention_decode(q, k_cache, v_cache, table, lens, head_dim**-0.5, plan, out=out)
+    TRITON.paged_attention_decode(q, k_cache, v_cache, table, lens, head_dim**-0.5, plan, window=window,
+                                  softcap=softcap, out=out)
     want = reference.paged_attention_decode(q.float(), k_cache.float(), v_cache.float(), table, lens,
-                                                    head_dim**-0.5)
+                                            head_dim**-0.5, window=window, softcap=softcap)
     assert relative_error(out, want) < TOLERANCE[dtype]
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(shape=attention_shapes, seq_lens=seq_lengths(), data=st.data())
-def test_paged_attention_prefill(shape, seq_lens, data):
+@given(shape=attention_shapes, seq_lens=seq_lengths(), data=st.data(), masks=masking)
+def test_paged_attention_prefill(shape, seq_lens, data, masks):
+    window, softcap = masks
     gen = torch.Generator().manual_seed(shape["seed"])
     dtype, head_dim = shape["dtype"], shape["head_dim"]
     # q_len == seq_len is a plain prefill; shorter attends a cached prefix or an earlier chunk.
@@ -107,9 +114,10 @@ def test_paged_attention_prefill(shape, seq_lens, data):
     out = nan_like(q)
     plan = TRITON.plan_prefill(table, cu, lens, shape["block_size"], heads, shape["num_kv_heads"])
     assert plan == max(q_lens)
-    TRITON.paged_attention_prefill(q, k_cache, v_cache, table, cu, lens, head_dim**-0.5, plan, out=out)
+    TRITON.paged_attention_prefill(q, k_cache, v_cache, table, cu, lens, head_dim**-0.5, plan, window=window,
+                                   softcap=softcap, out=out)
     want = reference.paged_attention_prefill(q.float(), k_cache.float(), v_cache.float(), table, cu, lens,
-                                                     head_dim**-0.5)
+                                             head_dim**-0.5, window=window, softcap=softcap)
     assert relative_error(out, want) < TOLERANCE[dtype]
 
 

@@ -33,6 +33,7 @@ _TRITON_PATHS = {
     "rms_norm": "elementwise:rms_norm_triton",
     "rotary_embedding": "elementwise:rotary_embedding_triton",
     "silu_and_mul": "elementwise:silu_and_mul_triton",
+    "gelu_tanh_and_mul": "elementwise:gelu_tanh_and_mul_triton",
     "w4a16_gemm": "quant_gemm:w4a16_gemm_triton",
 }
 
@@ -48,6 +49,7 @@ class KernelSet:
     rms_norm: Callable
     rotary_embedding: Callable
     silu_and_mul: Callable
+    gelu_tanh_and_mul: Callable
     w4a16_gemm: Callable
 
 

@@ -255,6 +255,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``[n, 2d] -> [n, d]``: GELU (tanh approximation, Gemma's GeGLU) of the gate times the up half."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
+
+
 def dequantize_w4(
     qweight: torch.Tensor,
     scales: torch.Tensor,

@@ -31,21 +31,35 @@ def default_model() -> Path:
 
 
 def _tiny_config(arch: str, vocab_size: int, initializer_range: float):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    """A two-layer config of ``arch``; ``-window`` variants slide a 16-token window over the prompts (on
+    both layers for Mistral and Phi-3, on the second for Qwen2; Gemma's first layer slides anyway)."""
+    from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config)
 
     common = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         initializer_range=initializer_range, tie_word_embeddings=False, eos_token_id=2, bos_token_id=1,
     )
+    gemma = dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=16)
     if arch == "llama":
         return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
-    if arch == "mistral":
-        return MistralConfig(**common, sliding_window=None, architectures=["MistralForCausalLM"])
-    if arch == "qwen2":
-        return Qwen2Config(**common, architectures=["Qwen2ForCausalLM"])
+    if arch in ("mistral", "mistral-window"):
+        return MistralConfig(**common, sliding_window=16 if arch.endswith("window") else None,
+                             architectures=["MistralForCausalLM"])
+    if arch in ("qwen2", "qwen2-window"):
+        window = dict(use_sliding_window=True, sliding_window=16, max_window_layers=1) if arch.endswith("window") else {}
+        return Qwen2Config(**common, **window, architectures=["Qwen2ForCausalLM"])
     if arch == "qwen3":
         return Qwen3Config(**common, head_dim=32, architectures=["Qwen3ForCausalLM"])
+    if arch == "gemma2":  # caps low enough to bite on random weights
+        return Gemma2Config(**{**common, **gemma}, attn_logit_softcapping=5.0, final_logit_softcapping=10.0,
+                            architectures=["Gemma2ForCausalLM"])
+    if arch == "gemma3":
+        return Gemma3TextConfig(**{**common, **gemma}, layer_types=["sliding_attention", "full_attention"],
+                                rope_theta=1e6, rope_local_base_freq=1e4, architectures=["Gemma3ForCausalLM"])
+    if arch == "phi3":
+        return Phi3Config(**common, sliding_window=16, partial_rotary_factor=0.5, architectures=["Phi3ForCausalLM"])
     raise ValueError(arch)
 
 

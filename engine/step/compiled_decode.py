@@ -112,7 +112,8 @@ class CompiledDecode:
         meta, body = batch.attention, self.model.model
         hidden = body.embed_tokens(input_ids)
         residual = torch.zeros_like(hidden)
-        inputs = (batch.positions, self.model.cos_sin_cache, meta.slot_mapping, meta.block_tables, meta.seq_lens)
+        inputs = (batch.positions, self.model.cos_sin_cache, self.model.local_cos_sin_cache, meta.slot_mapping,
+                  meta.block_tables, meta.seq_lens)
         for call, tensors, (k_cache, v_cache) in zip(steps, self._layer_tensors, self.kv_layers):
             hidden, residual = call([*tensors, hidden, residual, *inputs, k_cache, v_cache])
         return body.norm(hidden, residual)[0]

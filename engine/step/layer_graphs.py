@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from engine.kernels import cpu as cpu_kernels
-from engine.model.architectures.llama import Step
+from engine.model.architectures.decoder import Step
 from engine.model.forward_batch import DecodeMetadata
 from engine.model.layers.linear import Linear
 from engine.model.loader.snapshot import sources_digest
@@ -86,9 +86,9 @@ class LayerCall(nn.Module):
         self.layer = layer
         self.names = list(layer_tensors(layer))
 
-    def forward(self, tensors: list[torch.Tensor], hidden, residual, positions, cos_sin_cache, slot_mapping,
-                block_tables, seq_lens, k_cache, v_cache):
-        step = Step(positions, cos_sin_cache, DecodeMetadata(slot_mapping, block_tables, seq_lens))
+    def forward(self, tensors: list[torch.Tensor], hidden, residual, positions, cos_sin_cache, local_cos_sin_cache,
+                slot_mapping, block_tables, seq_lens, k_cache, v_cache):
+        step = Step(positions, cos_sin_cache, DecodeMetadata(slot_mapping, block_tables, seq_lens), local_cos_sin_cache)
         return torch.func.functional_call(self.layer, dict(zip(self.names, tensors)),
                                           (hidden, residual, step, (k_cache, v_cache)))
 
@@ -108,9 +108,9 @@ class StepShapes:
         hidden = torch.zeros(batch, self.hidden_size, dtype=self.dtype)
         ids = torch.zeros(batch, dtype=torch.int64)
         cache = torch.zeros(2, *self.kv_block, dtype=self.dtype)
-        return (hidden, hidden.clone(), ids, torch.zeros(self.cos_sin_cache[0], dtype=self.cos_sin_cache[1]),
-                ids.clone(), torch.zeros(batch, 2, dtype=torch.int32), torch.ones(batch, dtype=torch.int32),
-                cache, cache.clone())
+        table = torch.zeros(self.cos_sin_cache[0], dtype=self.cos_sin_cache[1])
+        return (hidden, hidden.clone(), ids, table, table.clone(), ids.clone(), torch.zeros(batch, 2, dtype=torch.int32),
+                torch.ones(batch, dtype=torch.int32), cache, cache.clone())
 
     @staticmethod
     def dynamic_shapes(batch: BatchRange) -> tuple:
@@ -120,7 +120,7 @@ class StepShapes:
         rows = None if batch.end == batch.start else {0: Dim("batch", min=batch.start, max=batch.end)}
         width = {**(rows or {}), 1: Dim("width", min=1)}
         pool = {0: Dim("blocks", min=1)}
-        return rows, rows, rows, None, rows, width, rows, pool, pool
+        return rows, rows, rows, None, None, rows, width, rows, pool, pool
 
 
 def structure_digest(structure: nn.Module) -> str:

@@ -1,4 +1,4 @@
-"""Fused row-wise ops: rms_norm (with residual add), rotary embedding, silu_and_mul.
+"""Fused row-wise ops: rms_norm (with residual add), rotary embedding, silu_and_mul and gelu_tanh_and_mul.
 
 All compute in fp32 and store in the input dtype. One program per row (token).
 """
@@ -101,22 +101,34 @@ def rotary_embedding_triton(positions, q, k, cos_sin_cache, is_neox: bool = True
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, D: tl.constexpr, BLOCK: tl.constexpr):
+def _gated_kernel(x_ptr, out_ptr, x_stride, D: tl.constexpr, BLOCK: tl.constexpr, GELU: tl.constexpr):
+    """act(gate) * up over one row's two halves: SiLU, or GELU's tanh approximation."""
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
     gate = tl.load(x_ptr + row * x_stride + cols, mask=mask).to(tl.float32)
     up = tl.load(x_ptr + row * x_stride + D + cols, mask=mask).to(tl.float32)
-    out = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * D + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if GELU:  # 0.5 x (1 + tanh(u)) == x sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3)
+        act = gate * tl.sigmoid(2.0 * 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate))
+    else:
+        act = gate / (1.0 + tl.exp(-gate))
+    tl.store(out_ptr + row * D + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_and_mul_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+def _gated(x: torch.Tensor, out: torch.Tensor | None, gelu: bool) -> torch.Tensor:
     d = x.shape[-1] // 2
     x2 = x.reshape(-1, 2 * d)
     assert x2.stride(-1) == 1
     out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device) if out is None else out.view(-1, d)
     block = min(1024, triton.next_power_of_2(d))
     if x2.shape[0]:
-        _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](x2, out, x2.stride(0), D=d, BLOCK=block)
+        _gated_kernel[(x2.shape[0], triton.cdiv(d, block))](x2, out, x2.stride(0), D=d, BLOCK=block, GELU=gelu)
     return out.reshape(*x.shape[:-1], d)
+
+
+def silu_and_mul_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    return _gated(x, out, gelu=False)
+
+
+def gelu_tanh_and_mul_triton(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    return _gated(x, out, gelu=True)

@@ -1,4 +1,5 @@
-"""Greedy token ids equal transformers' (fp32): the default model, tiny random Llama/Mistral/Qwen2/Qwen3."""
+"""Greedy token ids equal transformers' (fp32): the default model, tiny random models of every architecture,
+with sliding windows shorter than most prompts."""
 
 from __future__ import annotations
 
@@ -72,12 +73,31 @@ def test_default_model_matches_under_preemption_and_chunking(default_model, defa
     assert small.engine.scheduler.block_manager.num_used_blocks == 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mistral-window", "qwen2-window"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_tiny_random_model_matches_transformers(tiny_model_factory, arch):
     folder = tiny_model_factory(arch)
     llm = LLM(str(folder), dtype="float32")
     prompt_ids = _prompt_ids(llm)
     _check(_ours(llm, prompt_ids), _references(folder, prompt_ids), arch)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2-window", "mistral-window"])
+def test_sliding_windows_match_in_chunks_with_the_prefix_cache_and_under_preemption(tiny_model_factory, arch):
+    """A 16-token window over prompts of up to ~230 tokens: prefilled in 32-token chunks, in a pool too
+    small for all nine sequences (preemption), then again with every prompt's blocks in the prefix cache."""
+    folder = tiny_model_factory(arch)
+    llm = LLM(str(folder), dtype="float32", num_kv_blocks=24, max_model_len=384, max_num_batched_tokens=32)
+    prompt_ids = _prompt_ids(llm)
+    refs = _references(folder, prompt_ids)
+    _check(_ours(llm, prompt_ids), refs, f"{arch} chunked, preempted")
+    assert llm.engine.scheduler.num_preemptions > 0
+    cached = LLM(str(folder), dtype="float32", max_model_len=384)
+    _ours(cached, prompt_ids)
+    _check(_ours(cached, prompt_ids), refs, f"{arch} from the prefix cache")
+    assert cached.engine.scheduler.prefix_cache_hits > 0
 
 
 def test_bf16_default_is_as_close_to_fp32_as_transformers_bf16(default_model):

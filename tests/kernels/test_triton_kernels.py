@@ -25,7 +25,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 EXAMPLES = 12 if DEVICE.type == "cpu" else 60
 
 TESTED_OPS = {"store_kv", "paged_attention_decode", "paged_attention_prefill", "plan_decode", "plan_prefill",
-              "rms_norm", "rotary_embedding", "silu_and_mul", "w4a16_gemm"}
+              "rms_norm", "rotary_embedding", "silu_and_mul", "gelu_tanh_and_mul", "w4a16_gemm"}
 TRITON = kernel_set("triton")
 
 
@@ -182,6 +182,16 @@ def test_silu_and_mul(rows, d, dtype, seed):
     out = torch.full((rows, d), float("nan"), dtype=dtype, device=DEVICE)
     got = TRITON.silu_and_mul(x, out=out)
     assert relative_error(got, reference.silu_and_mul(x)) < TOLERANCE[dtype]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(rows=st.integers(1, 9), d=st.sampled_from([8, 24, 2048]), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**16))
+def test_gelu_tanh_and_mul(rows, d, dtype, seed):
+    x = 3 * torch.randn(rows, 2 * d, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEVICE)
+    out = torch.full((rows, d), float("nan"), dtype=dtype, device=DEVICE)
+    got = TRITON.gelu_tanh_and_mul(x, out=out)
+    assert relative_error(got, reference.gelu_tanh_and_mul(x.float())) < TOLERANCE[dtype]
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

@@ -1,4 +1,4 @@
-"""Architecture (config.json ``architectures``, or ``model_type``) -> our model with its flags."""
+"""Architecture (config.json ``architectures``, or ``model_type``) -> the decoder with its flags."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ from engine.kernels import KernelSet
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import QuantFormat
 
-from .llama import DecoderForCausalLM
+from .decoder import DecoderForCausalLM
+from .spec import ArchitectureFlags
 
-# Architecture -> decoder flags; qkv_bias defaults to the config's ``attention_bias``.
-_ARCHITECTURES: dict[str, dict[str, bool]] = {
-    "LlamaForCausalLM": {},
-    "MistralForCausalLM": {},
-    "Qwen2ForCausalLM": {"qkv_bias": True},
-    "Qwen3ForCausalLM": {"qk_norm": True},
+_ARCHITECTURES: dict[str, ArchitectureFlags] = {
+    "LlamaForCausalLM": ArchitectureFlags(),
+    "MistralForCausalLM": ArchitectureFlags(windows_from_config=True),
+    "Qwen2ForCausalLM": ArchitectureFlags(qkv_bias=True),
+    "Qwen3ForCausalLM": ArchitectureFlags(qk_norm=True),
+    "Gemma2ForCausalLM": ArchitectureFlags(gemma=True),
+    "Gemma3ForCausalLM": ArchitectureFlags(gemma=True, qk_norm=True, local_rope=True),
+    "Phi3ForCausalLM": ArchitectureFlags(windows_from_config=True),
 }
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM"}
+                "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                "phi3": "Phi3ForCausalLM"}
 
 
 def build_model(hf_config, ops: KernelSet, quant: QuantFormat | None = None,
@@ -27,13 +31,5 @@ def build_model(hf_config, ops: KernelSet, quant: QuantFormat | None = None,
     names.append(_MODEL_TYPES.get(hf_config.model_type, hf_config.model_type))  # GGUF configs list none
     for name in names:
         if name in _ARCHITECTURES:
-            flags = _ARCHITECTURES[name]
-            return DecoderForCausalLM(
-                hf_config,
-                ops,
-                qkv_bias=flags.get("qkv_bias", bool(getattr(hf_config, "attention_bias", False))),
-                qk_norm=flags.get("qk_norm", False),
-                quant=quant,
-                tp=tp,
-            )
+            return DecoderForCausalLM(hf_config, ops, _ARCHITECTURES[name], quant=quant, tp=tp)
     raise ValueError(f"architecture {names[0]!r} is not supported; supported: {sorted(_ARCHITECTURES)}")

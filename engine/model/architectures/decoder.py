@@ -1,4 +1,5 @@
-"""One decoder family over the paged KV cache: Llama, Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k norm).
+"""The one decoder over the paged KV cache: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and Phi-3
+as options of the same layers (spec.py says which).
 
 Each layer owns its forward (norms and the residual stream inside it); the model loops over
 layers. Projections are fused (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so a layer
@@ -14,73 +15,21 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.kernels import KernelSet
 from engine.model.forward_batch import AttentionMetadata, DecodeMetadata
 from engine.model.layers.attention import paged_attention
+from engine.model.layers.embedding import VocabEmbedding
 from engine.model.layers.linear import Linear
-from engine.model.layers.rotary import build_cos_sin_cache
+from engine.model.layers.norm import RMSNorm
+from engine.model.layers.rotary import LOCAL_LAYERS, build_cos_sin_cache
 from engine.model.parallel import Shard, TensorParallel
 from engine.model.quant.format import QuantFormat
 from engine.model.quant.linear import QuantLinear
 from engine.model.quant.lowbit import LowBitGroups, take_groups
 
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    """The architecture facts the forward pass needs, read once from the HF config."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    qkv_bias: bool
-    qk_norm: bool
-    tie_word_embeddings: bool
-    max_position: int
-    quant: QuantFormat | None = None
-    tp: TensorParallel = TensorParallel()
-
-    @property
-    def kv_shard(self) -> Shard:
-        """This rank's KV heads; it holds the query heads that read them too."""
-        return self.tp.kv_heads(self.num_kv_heads)
-
-    @property
-    def local_kv_heads(self) -> int:
-        return self.kv_shard.size
-
-    @property
-    def local_heads(self) -> int:
-        return self.kv_shard.size * (self.num_heads // self.num_kv_heads)
-
-    @classmethod
-    def from_hf_config(cls, hf_config, qkv_bias: bool, qk_norm: bool, quant: QuantFormat | None = None,
-                       tp: TensorParallel = TensorParallel()) -> "DecoderSpec":
-        num_heads = hf_config.num_attention_heads
-        head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
-        return cls(
-            vocab_size=hf_config.vocab_size,
-            hidden_size=hf_config.hidden_size,
-            intermediate_size=hf_config.intermediate_size,
-            num_layers=hf_config.num_hidden_layers,
-            num_heads=num_heads,
-            num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
-            head_dim=head_dim,
-            rms_norm_eps=hf_config.rms_norm_eps,
-            qkv_bias=qkv_bias,
-            qk_norm=qk_norm,
-            tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-            max_position=hf_config.max_position_embeddings,
-            quant=quant,
-            tp=tp,
-        )
+from .spec import ArchitectureFlags, DecoderSpec
 
 
 def make_linear(spec: DecoderSpec, in_features: int, output_sizes: tuple[int, ...], bias: bool,
@@ -93,19 +42,10 @@ def make_linear(spec: DecoderSpec, in_features: int, output_sizes: tuple[int, ..
     return Linear(in_features, sum(output_sizes), bias, output_sizes)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, ops: KernelSet) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
-        self.eps, self.ops = eps, ops
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        return self.ops.rms_norm(x, self.weight, self.eps, residual)
-
-
 class Attention(nn.Module):
-    def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
+    def __init__(self, spec: DecoderSpec, index: int, ops: KernelSet) -> None:
         super().__init__()
+        prefix = f"model.layers.{index}.self_attn"
         self.ops, self.tp = ops, spec.tp
         self.num_heads, self.num_kv_heads, self.head_dim = spec.local_heads, spec.local_kv_heads, spec.head_dim
         self.q_size = self.num_heads * spec.head_dim
@@ -115,9 +55,11 @@ class Attention(nn.Module):
                                     f"{prefix}.q_proj", ops, (spec.hidden_size, (whole_q, whole_kv, whole_kv)))
         self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj", ops,
                                   (whole_q, (spec.hidden_size,)))
-        self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
-        self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
-        self.scale = spec.head_dim**-0.5
+        self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops, spec.norm_offset) if spec.qk_norm else None
+        self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops, spec.norm_offset) if spec.qk_norm else None
+        self.scale = spec.attention_scale or spec.head_dim**-0.5
+        self.window, self.softcap = spec.window(index), spec.attn_softcap
+        self.local_rope = index in spec.local_rope_layers
 
     def forward(self, hidden: torch.Tensor, step: "Step", kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
@@ -126,23 +68,25 @@ class Attention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.ops.rotary_embedding(step.positions, q, k, step.cos_sin_cache, True)
-        out = paged_attention(q, k, v, *kv_cache, step.attention, self.scale, self.ops)
+        table = step.local_cos_sin_cache if self.local_rope else step.cos_sin_cache
+        q, k = self.ops.rotary_embedding(step.positions, q, k, table, True)
+        out = paged_attention(q, k, v, *kv_cache, step.attention, self.scale, self.ops, self.window, self.softcap)
         return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
 
 class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
+        self.act_and_mul = ops.gelu_tanh_and_mul if spec.gemma else ops.silu_and_mul
         intermediate, whole = spec.tp.intermediate(spec.intermediate_size).size, spec.intermediate_size
         self.gate_up_proj = make_linear(spec, spec.hidden_size, (intermediate,) * 2, False, f"{prefix}.gate_proj", ops,
                                         (spec.hidden_size, (whole, whole)))
         self.down_proj = make_linear(spec, intermediate, (spec.hidden_size,), False, f"{prefix}.down_proj", ops,
                                      (whole, (spec.hidden_size,)))
-        self.ops, self.tp = ops, spec.tp
+        self.tp = spec.tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x))))
+        return self.tp.all_reduce(self.down_proj(self.act_and_mul(self.gate_up_proj(x))))
 
 
 @dataclass
@@ -152,16 +96,24 @@ class Step:
     positions: torch.Tensor  # int64 [num_tokens]
     cos_sin_cache: torch.Tensor
     attention: AttentionMetadata | DecodeMetadata
+    local_cos_sin_cache: torch.Tensor | None = None  # Gemma 3's sliding-window layers' own rotary base
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block; the residual stream is carried beside the hidden states so each norm adds it in."""
+    """Pre-norm block; the residual stream is carried beside the hidden states so each norm adds it in.
+    With ``sandwich`` norms (Gemma) the attention and MLP outputs are normalised too before they
+    join the residual stream: the pre-MLP norm adds the normalised attention output to it."""
 
     def __init__(self, spec: DecoderSpec, index: int, ops: KernelSet) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
-        self.self_attn = Attention(spec, f"model.layers.{index}.self_attn", ops)
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
+        size, eps, offset = spec.hidden_size, spec.rms_norm_eps, spec.norm_offset
+        self.sandwich = spec.gemma
+        self.input_layernorm = RMSNorm(size, eps, ops, offset)
+        self.self_attn = Attention(spec, index, ops)
+        self.post_attention_layernorm = RMSNorm(size, eps, ops, offset)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(size, eps, ops, offset)
+            self.post_feedforward_layernorm = RMSNorm(size, eps, ops, offset)
         self.mlp = MLP(spec, f"model.layers.{index}.mlp", ops)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, step: Step,
@@ -171,34 +123,20 @@ class DecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(hidden, step, kv_cache)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
-
-
-class VocabEmbedding(nn.Module):
-    """The token embedding; under tensor parallelism each rank holds a range of the vocabulary's rows,
-    looks up the ids in it (zeros for the others) and the ranks' rows are summed."""
-
-    def __init__(self, spec: DecoderSpec) -> None:
-        super().__init__()
-        self.tp, self.rows = spec.tp, spec.tp.vocab(spec.vocab_size)
-        self.weight = nn.Parameter(torch.empty(self.rows.size, spec.hidden_size), requires_grad=False)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if not self.tp.enabled:
-            return F.embedding(input_ids, self.weight)
-        local = input_ids - self.rows.start
-        outside = (local < 0) | (local >= self.rows.size)
-        hidden = F.embedding(local.masked_fill(outside, 0), self.weight).masked_fill(outside[:, None], 0.0)
-        return self.tp.all_reduce(hidden)
+        if not self.sandwich:
+            hidden, residual = self.post_attention_layernorm(hidden, residual)
+            return self.mlp(hidden), residual
+        hidden, residual = self.pre_feedforward_layernorm(self.post_attention_layernorm(hidden), residual)
+        return self.post_feedforward_layernorm(self.mlp(hidden)), residual
 
 
 class DecoderModel(nn.Module):
     def __init__(self, spec: DecoderSpec, ops: KernelSet) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(spec)
+        self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, spec.tp,
+                                           spec.hidden_size**0.5 if spec.gemma else None)
         self.layers = nn.ModuleList(DecoderLayer(spec, index, ops) for index in range(spec.num_layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops, spec.norm_offset)
 
     def forward(self, input_ids: torch.Tensor, step: Step, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         hidden, residual = self.embed_tokens(input_ids), None
@@ -207,6 +145,8 @@ class DecoderModel(nn.Module):
         return self.norm(hidden, residual)[0]
 
 
+# checkpoint projections stored fused (Phi-3) -> their parts' names, in order
+_FUSED_IN_CHECKPOINT = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 # HF checkpoint name -> (our fused parameter, shard index among its parts)
 _STACKED = {
     "q_proj": ("qkv_proj", 0),
@@ -218,28 +158,36 @@ _STACKED = {
 
 
 class DecoderForCausalLM(nn.Module):
-    def __init__(self, hf_config, ops: KernelSet, qkv_bias: bool = False, qk_norm: bool = False,
+    def __init__(self, hf_config, ops: KernelSet, flags: ArchitectureFlags = ArchitectureFlags(),
                  quant: QuantFormat | None = None, tp: TensorParallel = TensorParallel()) -> None:
         """``ops``: the kernel set every layer runs, chosen once for the engine; ``tp``: this rank's share."""
         super().__init__()
-        self.spec = spec = DecoderSpec.from_hf_config(hf_config, qkv_bias, qk_norm, quant, tp)
+        self.spec = spec = DecoderSpec.from_hf_config(hf_config, flags, quant, tp)
         self.model = DecoderModel(spec, ops)
         # tied: the lm_head shares the embedding's dense weight (set by load_weights) and gets its own low-bit kernel
         self.lm_head = Linear(spec.hidden_size, tp.vocab(spec.vocab_size).size)
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
+        self.register_buffer("local_cos_sin_cache", torch.empty(0), persistent=False)
 
     def initialize_buffers(self, hf_config, device: torch.device) -> None:
-        """Compute the fp32 rotary table; called after the parameters are materialised and cast."""
-        self.cos_sin_cache = build_cos_sin_cache(hf_config, self.spec.head_dim, self.spec.max_position).to(device)
+        """Compute the fp32 rotary tables (the local one: the global one where no layer has its own);
+        called after the parameters are materialised and cast."""
+        spec = self.spec
+        self.cos_sin_cache = build_cos_sin_cache(hf_config, spec.head_dim, spec.max_position).to(device)
+        self.local_cos_sin_cache = self.cos_sin_cache if not spec.local_rope_layers else build_cos_sin_cache(
+            hf_config, spec.head_dim, spec.max_position, LOCAL_LAYERS).to(device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionMetadata | DecodeMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states ``[num_tokens, hidden]`` after the final norm, for every token of the step."""
-        return self.model(input_ids, Step(positions, self.cos_sin_cache, attention), kv_caches)
+        step = Step(positions, self.cos_sin_cache, attention, self.local_cos_sin_cache)
+        return self.model(input_ids, step, kv_caches)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 ``[rows, vocab]`` (every rank gets all of them)."""
-        return self.spec.tp.all_gather(self.lm_head(hidden).float())[:, : self.spec.vocab_size]
+        """fp32 ``[rows, vocab]`` (every rank gets all of them); Gemma 2 caps them with tanh."""
+        logits = self.spec.tp.all_gather(self.lm_head(hidden).float())[:, : self.spec.vocab_size]
+        cap = self.spec.final_softcap
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]], low_bit: bool = False,
                      unpack_quantized: bool = False) -> None:
@@ -253,9 +201,9 @@ class DecoderForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         modules = dict(self.named_modules())
         tensors = dict(self.named_parameters(remove_duplicate=False))
-        tensors.update((n, b) for n, b in self.named_buffers() if n != "cos_sin_cache")
+        tensors.update((n, b) for n, b in self.named_buffers() if not n.endswith("cos_sin_cache"))
         loaded: set[str] = set()
-        for name, tensor in weights:
+        for name, tensor in _split_fused(self.spec, weights):
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
             targets = [name, "lm_head.weight"] if tied and name == "model.embed_tokens.weight" else [name]
@@ -289,6 +237,8 @@ class DecoderForCausalLM(nn.Module):
             return
         if not isinstance(tensor, torch.Tensor):
             tensor = tensor.dequantize()
+        if isinstance(module, RMSNorm) and module.offset:
+            tensor = tensor.float() + module.offset
         destination = tensors[target].data
         if isinstance(module, QuantLinear) and shard is not None:
             sizes = _shard_sizes(self.spec, target)
@@ -328,6 +278,24 @@ def _rank_share(spec: DecoderSpec, name: str, tensor: torch.Tensor | LowBitGroup
     return tensor
 
 
+def _split_fused(spec: DecoderSpec, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]]):
+    """The checkpoint's tensors, a fused q/k/v or gate/up projection cut into its parts' names, so each
+    part is sharded and loaded as the unfused checkpoints' are."""
+    for name, tensor in weights:
+        fused = next((f for f in _FUSED_IN_CHECKPOINT if f".{f}." in name), None)
+        if fused is None:
+            yield name, tensor
+            continue
+        if spec.quant is not None and spec.quant.is_quantized(name.rsplit(".", 1)[0]):
+            raise ValueError(f"checkpoint tensor {name!r}: fused packed projections are not supported")
+        sizes = _shard_sizes(spec, f".{fused}.")
+        start = 0
+        for part, size in zip(_FUSED_IN_CHECKPOINT[fused], sizes):
+            rows = Shard(start, size)
+            yield name.replace(f".{fused}.", f".{part}."), _take(tensor, 0, rows)
+            start += size
+
+
 def _take(tensor: torch.Tensor | LowBitGroups, dim: int, shard: Shard):
     if isinstance(tensor, torch.Tensor):
         return shard.take(tensor, dim) if tensor.dim() > dim else tensor  # a bias has no input dimension
@@ -343,7 +311,7 @@ def _fused_name(name: str) -> tuple[str, int | None]:
 
 
 def _shard_sizes(spec: DecoderSpec, target: str) -> list[int]:
-    """The parts of a fused packed layer (loaded whole, whatever the tensor-parallel share)."""
+    """The output sizes of a fused layer's parts, whole (before any tensor-parallel share)."""
     if ".qkv_proj." in target:
         return [spec.num_heads * spec.head_dim] + [spec.num_kv_heads * spec.head_dim] * 2
     return [spec.intermediate_size] * 2

@@ -33,6 +33,10 @@ _LAYER_NAMES = {
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+# Gemma's norms around attention and the MLP ("sandwich"): llama.cpp's ffn_norm is the pre-MLP norm
+_GEMMA_LAYER_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_layernorm",
+                      "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+_GEMMA_ARCHITECTURES = {"gemma2", "gemma3"}  # llama.cpp's converter stores their norm weights as 1 + w
 _SKIPPED = {"rope_freqs.weight"}  # llama 3 frequency factors: the rotary table comes from the config's rope settings
 
 
@@ -111,14 +115,16 @@ def read_index(path: Path, keep_arrays: bool = False) -> GGUFIndex:
     return GGUFIndex(metadata, tensors, data_offset)
 
 
-def hf_name(gguf_name: str) -> str:
-    """The Hugging Face name of a llama-family GGUF tensor (``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``)."""
+def hf_name(gguf_name: str, arch: str = "llama") -> str:
+    """The Hugging Face name of a GGUF tensor of one of our decoders (``blk.3.attn_q.weight`` ->
+    ``model.layers.3.self_attn.q_proj.weight``)."""
     parts = gguf_name.split(".")
-    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    layer_names = _GEMMA_LAYER_NAMES if arch in _GEMMA_ARCHITECTURES else _LAYER_NAMES
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in layer_names:
+        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{parts[3]}"
     if len(parts) == 2 and parts[0] in _TOP_NAMES:
         return f"{_TOP_NAMES[parts[0]]}.{parts[1]}"
-    raise ValueError(f"GGUF tensor {gguf_name!r} has no place in a llama-family decoder")
+    raise ValueError(f"GGUF tensor {gguf_name!r} has no place in a {arch} decoder")
 
 
 def iter_gguf_weights(path: Path) -> Iterator[tuple[str, torch.Tensor | LowBitGroups]]:
@@ -134,7 +140,7 @@ def iter_gguf_weights(path: Path) -> Iterator[tuple[str, torch.Tensor | LowBitGr
     for info in index.tensors:
         if info.name in _SKIPPED:
             continue
-        name = hf_name(info.name)
+        name = hf_name(info.name, arch)
         block_size, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(info.ggml_type)]
         rows = int(np.prod(info.shape[:-1], dtype=np.int64)) if len(info.shape) > 1 else 1
         row_bytes = info.shape[-1] // block_size * block_bytes
@@ -144,6 +150,8 @@ def iter_gguf_weights(path: Path) -> Iterator[tuple[str, torch.Tensor | LowBitGr
         kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
         if arch == "llama" and kind in heads and heads[kind]:
             tensor = _rows(tensor, _unpermute_rows(info.shape[0], heads[kind]))
+        if arch in _GEMMA_ARCHITECTURES and name.endswith("norm.weight"):
+            tensor = tensor - 1.0  # back to transformers' w (the model adds its offset as it loads)
         yield name, tensor
 
 

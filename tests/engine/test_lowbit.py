@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.kernels.quant_pack import pack_awq, pack_gptq, unpack_layer
-from engine.model.loader.gguf import _int4_groups, _int8_groups
+from engine.model.loader.gguf import _int4_groups, _int8_groups, _q4_k_groups
 from engine.model.quant.lowbit import (
     Int4Groups,
     Int4Matmul,
@@ -40,6 +40,21 @@ def test_gguf_blocks_decode_to_what_gguf_py_dequantizes(kind):
     groups = _int8_groups(raw) if kind == "Q8_0" else _int4_groups(raw, with_min=kind == "Q4_1")
     assert groups.group_size == 32 and groups.shape == (48, 128)
     torch.testing.assert_close(groups.dequantize(), expected, rtol=0, atol=1e-6)
+
+
+def test_q4_k_blocks_decode_to_what_gguf_py_dequantizes():
+    """gguf-py cannot write Q4_K, so the blocks are random bytes (every bit pattern is a valid block)
+    with sane fp16 d and dmin."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, size=(24, 2, 144), dtype=np.uint8)
+    blocks[..., 0:4] = (rng.standard_normal((24, 2, 2)) * 0.01).astype(np.float16).view(np.uint8)
+    blocks = blocks.reshape(24, -1)
+    expected = torch.from_numpy(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_K))
+    groups = _q4_k_groups(torch.from_numpy(blocks))
+    assert groups.group_size == 32 and groups.shape == (24, 512)
+    torch.testing.assert_close(groups.dequantize(), expected, rtol=1e-5, atol=1e-6)
 
 
 def _int4_groups_random(n: int, k: int, group_size: int, seed: int = 0) -> Int4Groups:

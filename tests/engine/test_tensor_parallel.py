@@ -29,11 +29,13 @@ def greedy(model: str, tp: int, **kwargs) -> tuple[list[list[int]], int]:
         llm.shutdown()
 
 
-@pytest.mark.parametrize("which", ["default", "qwen3"])
+@pytest.mark.parametrize("which", ["default", "qwen3", "gemma3", "phi3"])
 def test_two_ranks_give_one_ranks_greedy_tokens_with_preemption_and_chunked_prefill(which, default_model,
                                                                                       tiny_model_factory):
     """The default model splits its 3 KV heads 2 + 1 and its 9 query heads 6 + 3; the tiny Qwen3 its 2 KV heads
-    1 + 1 (with q/k norms). A pool of 8 blocks of 8 tokens preempts, an 8-token budget chunks every prompt."""
+    1 + 1 (with q/k norms); the tiny Gemma 3 and Phi-3 slide a 16-token window over their 40-token sequences
+    (Phi-3 from fused checkpoint projections cut per rank). A pool of 8 blocks of 8 tokens preempts, an
+    8-token budget chunks every prompt."""
     model = str(default_model if which == "default" else tiny_model_factory("qwen3"))
     tight = dict(max_model_len=64, block_size=8, num_kv_blocks=8, max_num_batched_tokens=8)
     want, _ = greedy(model, 1, max_model_len=64)

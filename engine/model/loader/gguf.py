@@ -2,8 +2,8 @@
 
 The metadata and tensor index are parsed here (gguf-py's reader turns every tokenizer string into
 a numpy view: ~3 s for the default model, where this takes 0.1 s); gguf_metadata.py writes the
-config and tokenizer from them. Q4_0, Q4_1 and Q8_0 tensors
-come back as ``Int4Groups`` / ``Int8Groups``, the stored codes with their per-32 parameters;
+config and tokenizer from them. Q4_0, Q4_1, Q4_K (an affine group-32 int4 exactly) and Q8_0
+tensors come back as ``Int4Groups`` / ``Int8Groups``, the stored codes with their per-32 parameters;
 every other type is dequantized by the ``gguf`` package. llama.cpp's converter permutes the rows
 of the q/k projections of "llama" models for its rotary layout; they are permuted back here, as
 transformers does.
@@ -162,6 +162,8 @@ def _decode(raw: np.ndarray, info: TensorInfo, gguf) -> torch.Tensor | LowBitGro
         return _int4_groups(torch.from_numpy(raw.copy()), with_min=kind == Q.Q4_1)
     if kind == Q.Q8_0 and len(info.shape) == 2:
         return _int8_groups(torch.from_numpy(raw.copy()))
+    if kind == Q.Q4_K and len(info.shape) == 2:
+        return _q4_k_groups(torch.from_numpy(raw.copy()))
     values = gguf.quants.dequantize(raw, kind) if kind not in (Q.F32, Q.F16, Q.BF16) else raw.view(
         {Q.F32: np.float32, Q.F16: np.float16}.get(kind, np.uint16))
     tensor = torch.from_numpy(np.array(values))  # a copy: the file is mapped read-only
@@ -192,6 +194,26 @@ def _int8_groups(raw: torch.Tensor) -> Int8Groups:
     rows = raw.shape[0]
     blocks = raw.view(rows, -1, 34)
     return Int8Groups(blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]))
+
+
+def _q4_k_groups(raw: torch.Tensor) -> Int4Groups:
+    """Q4_K super-blocks of 256 (fp16 d and dmin, twelve bytes of 6-bit scales and mins for eight
+    sub-blocks of 32, then 128 bytes of codes) are ``d * scale_j * q - dmin * min_j`` per sub-block:
+    group-32 affine int4, ``zero = 8 * d * scale_j - dmin * min_j``. Byte l of the codes' chunk c
+    (32 bytes) holds element 64c + l in its low nibble and 64c + 32 + l in its high one."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 144)
+    d, dmin = _fp16(blocks[..., 0:2]), _fp16(blocks[..., 2:4])
+    packed = blocks[..., 4:16].long()
+    low, high = packed[..., 0:4], packed[..., 4:8]  # sub-blocks 0-3 in the low six bits, 4-7 in nibbles
+    extra = packed[..., 8:12]
+    scale = torch.cat((low & 63, (extra & 0xF) | ((low >> 6) << 4)), dim=-1).float()
+    minimum = torch.cat((high & 63, (extra >> 4) | ((high >> 6) << 4)), dim=-1).float()
+    codes = blocks[..., 16:].reshape(rows, -1, 4, 1, 32)
+    codes = torch.cat((codes & 0xF, codes >> 4), dim=3).reshape(rows, -1)
+    group_scale = (d[..., None] * scale).reshape(rows, -1)
+    zero = (8 * d[..., None] * scale - dmin[..., None] * minimum).reshape(rows, -1)
+    return Int4Groups(codes, group_scale, zero)
 
 
 def _unpermute_rows(num_rows: int, num_heads: int) -> torch.Tensor:

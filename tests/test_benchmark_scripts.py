@@ -97,3 +97,15 @@ def test_agent_loop_benchmark_reports_cache_hits_per_turn(tiny_model_factory, tm
         else:  # every later turn reuses the earlier turns' blocks
             assert all(turn["cached_tokens"] >= prompts[0] // 2 for turn in run["turns"][1:])
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_step_bytes_of_the_default_gguf_stay_within_its_tensor_bytes(tmp_path):
+    """A one-sequence decode step of the default model reads its Q4_1/Q8_0 blocks in torch's int4/int8
+    layouts: no more bytes than the file holds (a dense fallback would read ~3x)."""
+    from engine.model.loader.resolve import default_gguf_file
+
+    out = tmp_path / "bytes.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.step_bytes", "--model", str(default_gguf_file()), "--out",
+                    str(out)], check=True, cwd=ROOT)
+    result = json.loads(out.read_text())
+    assert 0.5 < result["ratio"] <= 1.15, result

@@ -138,6 +138,10 @@ class ParallelRunner:
             raise RankFailed(f"tensor-parallel rank {rank} failed: {detail}")
 
     def _failure(self, rank: int | None, cause: BaseException | None = None) -> RankFailed:
+        if cause is not None:  # a peer's socket closes as it dies, a moment before it can be reaped
+            deadline = time.monotonic() + PARENT_POLL_S
+            for worker in self.workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
         dead = [(r, w) for r, w in enumerate(self.workers, start=1) if not w.is_alive()]
         if rank is not None and not dead:
             dead = [(rank, self.workers[rank - 1])]

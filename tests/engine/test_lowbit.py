@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.kernels.quant_pack import pack_awq, pack_gptq, unpack_layer
-from engine.model.loader.gguf import _int4_groups, _int8_groups, _q4_k_groups
+from engine.model.loader.gguf import _int4_groups, _int8_groups, _q4_k_groups, _q5_0_groups, _q6_k_groups
 from engine.model.quant.lowbit import (
     Int4Groups,
     Int4Matmul,
@@ -42,18 +42,24 @@ def test_gguf_blocks_decode_to_what_gguf_py_dequantizes(kind):
     torch.testing.assert_close(groups.dequantize(), expected, rtol=0, atol=1e-6)
 
 
-def test_q4_k_blocks_decode_to_what_gguf_py_dequantizes():
-    """gguf-py cannot write Q4_K, so the blocks are random bytes (every bit pattern is a valid block)
-    with sane fp16 d and dmin."""
+@pytest.mark.parametrize(("kind", "decode", "group_size", "fp16_fields"), [
+    ("Q4_K", _q4_k_groups, 32, (0, 2)), ("Q5_0", _q5_0_groups, 32, (0,)), ("Q6_K", _q6_k_groups, 16, (208,))])
+def test_k_quant_and_5_bit_blocks_decode_to_what_gguf_py_dequantizes(kind, decode, group_size, fp16_fields):
+    """gguf-py cannot write these, so the blocks are random bytes (every bit pattern is a valid block)
+    with sane fp16 scales at the byte offsets ``fp16_fields``."""
     import gguf
 
+    qtype = gguf.GGMLQuantizationType[kind]
+    elements, size = gguf.GGML_QUANT_SIZES[qtype]
     rng = np.random.default_rng(0)
-    blocks = rng.integers(0, 256, size=(24, 2, 144), dtype=np.uint8)
-    blocks[..., 0:4] = (rng.standard_normal((24, 2, 2)) * 0.01).astype(np.float16).view(np.uint8)
+    blocks = rng.integers(0, 256, size=(24, 512 // elements, size), dtype=np.uint8)
+    for start in fp16_fields:
+        blocks[..., start : start + 2] = (rng.standard_normal((24, 512 // elements, 1)) * 0.01).astype(
+            np.float16).view(np.uint8)
     blocks = blocks.reshape(24, -1)
-    expected = torch.from_numpy(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_K))
-    groups = _q4_k_groups(torch.from_numpy(blocks))
-    assert groups.group_size == 32 and groups.shape == (24, 512)
+    expected = torch.from_numpy(gguf.quants.dequantize(blocks, qtype))
+    groups = decode(torch.from_numpy(blocks))
+    assert groups.group_size == group_size and groups.shape == (24, 512)
     torch.testing.assert_close(groups.dequantize(), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -2,8 +2,9 @@
 
 The metadata and tensor index are parsed here (gguf-py's reader turns every tokenizer string into
 a numpy view: ~3 s for the default model, where this takes 0.1 s); gguf_metadata.py writes the
-config and tokenizer from them. Q4_0, Q4_1, Q4_K (an affine group-32 int4 exactly) and Q8_0
-tensors come back as ``Int4Groups`` / ``Int8Groups``, the stored codes with their per-32 parameters;
+config and tokenizer from them. Q4_0, Q4_1, Q4_K (an affine group-32 int4 exactly), Q5_0 and Q6_K
+(int8 codes, exactly) and Q8_0 tensors come back as ``Int4Groups`` / ``Int8Groups``, the stored codes
+with their per-group parameters;
 every other type is dequantized by the ``gguf`` package. llama.cpp's converter permutes the rows
 of the q/k projections of "llama" models for its rotary layout; they are permuted back here, as
 transformers does.
@@ -164,6 +165,10 @@ def _decode(raw: np.ndarray, info: TensorInfo, gguf) -> torch.Tensor | LowBitGro
         return _int8_groups(torch.from_numpy(raw.copy()))
     if kind == Q.Q4_K and len(info.shape) == 2:
         return _q4_k_groups(torch.from_numpy(raw.copy()))
+    if kind == Q.Q5_0 and len(info.shape) == 2:
+        return _q5_0_groups(torch.from_numpy(raw.copy()))
+    if kind == Q.Q6_K and len(info.shape) == 2:
+        return _q6_k_groups(torch.from_numpy(raw.copy()))
     values = gguf.quants.dequantize(raw, kind) if kind not in (Q.F32, Q.F16, Q.BF16) else raw.view(
         {Q.F32: np.float32, Q.F16: np.float16}.get(kind, np.uint16))
     tensor = torch.from_numpy(np.array(values))  # a copy: the file is mapped read-only
@@ -214,6 +219,34 @@ def _q4_k_groups(raw: torch.Tensor) -> Int4Groups:
     group_scale = (d[..., None] * scale).reshape(rows, -1)
     zero = (8 * d[..., None] * scale - dmin[..., None] * minimum).reshape(rows, -1)
     return Int4Groups(codes, group_scale, zero)
+
+
+def _q5_0_groups(raw: torch.Tensor) -> Int8Groups:
+    """Q5_0 blocks (fp16 d, 32 high bits, 16 bytes of low nibbles) are ``d * (q - 16)``: int8 codes in
+    -16..15, exactly. Byte j holds elements j and j + 16; bit j of the high word is element j's fifth."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 22)
+    high_word = blocks[..., 2:6].contiguous().view(torch.int32).long()  # [rows, blocks, 1], little-endian
+    fifth = ((high_word >> torch.arange(32)) & 1) << 4
+    packed = blocks[..., 6:22].long()
+    codes = torch.cat((packed & 0xF, packed >> 4), dim=-1) | fifth
+    return Int8Groups((codes - 16).to(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]))
+
+
+def _q6_k_groups(raw: torch.Tensor) -> Int8Groups:
+    """Q6_K super-blocks of 256 (128 bytes of low nibbles, 64 of high bit pairs, sixteen int8 scales, fp16
+    d) are ``d * scale_j * (q - 32)`` per 16 elements: int8 codes in -32..31 with group-16 scales, exactly.
+    Each half of 128 elements takes 64 low bytes and 32 high ones; element 32 i + l of a half has byte
+    l (i even) or l + 32 (i odd) of the low ones, its low (i < 2) or high nibble, and bits 2 i of high byte l."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 210)
+    low = blocks[..., 0:128].reshape(rows, -1, 2, 2, 32).long()  # [.., half, byte l or l + 32, l]
+    high = blocks[..., 128:192].reshape(rows, -1, 2, 1, 32).long()
+    nibbles = torch.stack((low[..., 0, :] & 0xF, low[..., 1, :] & 0xF, low[..., 0, :] >> 4, low[..., 1, :] >> 4), dim=3)
+    pairs = (high >> (2 * torch.arange(4)[:, None])) & 3  # [.., half, i, l]
+    codes = (nibbles | (pairs << 4)) - 32
+    scales = blocks[..., 192:208].contiguous().view(torch.int8).float() * _fp16(blocks[..., 208:210])[..., None]
+    return Int8Groups(codes.to(torch.int8).reshape(rows, -1), scales.reshape(rows, -1))
 
 
 def _unpermute_rows(num_rows: int, num_heads: int) -> torch.Tensor:

@@ -93,11 +93,8 @@ class ChatPipeline(Serving):
             prompt, token_ids = self.engine.render_chat(
                 query.messages, add_generation_prompt=query.add_generation_prompt,
                 continue_final_message=query.continue_final_message, **template_kwargs)
-        except APIError:
-            raise
-        except Exception as err:  # a template that cannot render these messages is the request's fault
-            raise APIError(f"the chat template could not render the messages: {err}",
-                           param=fields.messages) from None
+        except ValueError as err:  # messages the chat template cannot render: the request's fault
+            raise APIError(str(err), param=fields.messages) from None
         return RenderedChat(prompt, token_ids, parser, forced)
 
     async def prepare(self, query: ChatQuery, fields: ChatFields = ChatFields()) -> PreparedChat:

@@ -1,4 +1,4 @@
-"""Greedy parity against Hugging Face transformers, tolerating only true near-ties."""
+"""Parity against Hugging Face transformers: greedy tokens, tolerating only true near-ties, and tokenizers."""
 
 from __future__ import annotations
 
@@ -51,3 +51,20 @@ def assert_greedy_match(ours: list[int], ref: Reference, label: str = "") -> boo
         return False
     assert len(ours) == len(ref.token_ids), f"{label}: {len(ours)} tokens, expected {len(ref.token_ids)}"
     return True
+
+
+def assert_same_tokenizer(mine, reference, texts: list[str]) -> None:
+    """Our tokenizer against transformers' on ``texts``: ids with and without special tokens, decoded text
+    with and without them, every vocabulary piece, the special tokens and the chat template."""
+    for text in texts:
+        for add_special_tokens in (True, False):
+            assert mine.encode(text, add_special_tokens) == reference.encode(text, add_special_tokens=add_special_tokens), text
+        ids = reference.encode(text)
+        for skip in (True, False):
+            assert mine.decode(ids, skip_special_tokens=skip) == reference.decode(ids, skip_special_tokens=skip), text
+    vocab = list(range(len(reference)))
+    assert len(mine) == len(reference) and mine.convert_ids_to_tokens(vocab) == reference.convert_ids_to_tokens(vocab)
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        assert (getattr(mine, name), getattr(mine, f"{name}_id")) == (getattr(reference, name),
+                                                                     getattr(reference, f"{name}_id")), name
+    assert mine.chat_template == reference.chat_template

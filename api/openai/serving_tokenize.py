@@ -22,8 +22,8 @@ class OpenAIServingTokenize(OpenAIServing):
                 _, tokens = self.engine.render_chat(
                     messages, add_generation_prompt=body.add_generation_prompt,
                     continue_final_message=body.continue_final_message, **(body.chat_template_kwargs or {}))
-            except Exception as err:  # a template that cannot render these messages is the request's fault
-                raise APIError(f"the chat template could not render the messages: {err}", param="messages") from None
+            except ValueError as err:  # messages the chat template cannot render: the request's fault
+                raise APIError(str(err), param="messages") from None
         return {"count": len(tokens), "max_model_len": self.engine.max_model_len, "tokens": tokens,
                 "token_strs": [self.token_text(t) for t in tokens] if body.return_token_strs else None}
 

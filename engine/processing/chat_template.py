@@ -115,7 +115,9 @@ def render_chat(template: str, conversation: list[Any], *, add_generation_prompt
                 continue_final_message: bool = False, tools: list[dict] | None = None,
                 documents: list[dict] | None = None, **variables: Any) -> str:
     """The prompt text ``template`` writes for ``conversation``; ``continue_final_message`` cuts the
-    text after the last message's content, leaving it open for the model to continue."""
+    text after the last message's content, leaving it open for the model to continue. ``ValueError``
+    for messages the template cannot render (its ``raise_exception``, a sandbox refusal, bad syntax),
+    so one bad conversation is rejected like a bad prompt."""
     if not conversation:
         raise ValueError("messages must hold at least one message")
     if add_generation_prompt and continue_final_message:
@@ -132,9 +134,12 @@ def render_chat(template: str, conversation: list[Any], *, add_generation_prompt
             messages[-1]["content"] = content + _CONTINUE_TAG
         else:
             raise ValueError("continue_final_message: the final message has no content to continue")
-    text = compile_template(template).render(
-        messages=messages, tools=plain(tools), documents=plain(documents),
-        add_generation_prompt=add_generation_prompt, **plain(variables))
+    try:
+        text = compile_template(template).render(
+            messages=messages, tools=plain(tools), documents=plain(documents),
+            add_generation_prompt=add_generation_prompt, **plain(variables))
+    except Exception as err:  # the template is the model's code run on the request's messages: their fault
+        raise ValueError(f"the chat template could not render the messages: {type(err).__name__}: {err}") from err
     if not continue_final_message:
         return text
     tag = text.rfind(_CONTINUE_TAG.strip())

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from .tokenizer import apply_chat_template
+from .tokenizer import Tokenizer
 
 # What generate() accepts for one prompt: text, or {"prompt_token_ids": [...]} (optionally with "prompt").
 PromptType = Union[str, dict[str, Any]]
 
 
 class InputProcessor:
-    def __init__(self, tokenizer, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
 
@@ -38,6 +38,7 @@ class InputProcessor:
 
     def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
         """The chat template's text and its tokens, not yet length-checked."""
-        text = apply_chat_template(self.tokenizer, messages, **template_kwargs)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  **{"add_generation_prompt": True, **template_kwargs})
         # The template already wrote the special tokens (BOS and the like).
         return text, self.tokenizer.encode(text, add_special_tokens=False)

@@ -63,12 +63,15 @@ class Tokenizer:
             return self.backend_tokenizer.id_to_token(token_ids)
         return [self.backend_tokenizer.id_to_token(token_id) for token_id in token_ids]
 
-    def apply_chat_template(self, conversation: list[dict[str, Any]], tokenize: bool = True, **kwargs: Any):
-        """The template's text for ``conversation`` (``tokenize=False``) or its tokens; keyword
-        arguments (``add_generation_prompt``, ``tools``, ``enable_thinking``...) reach the template."""
-        if not self.chat_template:
+    def apply_chat_template(self, conversation: list[dict[str, Any]], tokenize: bool = True,
+                            chat_template: str | None = None, **kwargs: Any):
+        """The template's text for ``conversation`` (``tokenize=False``) or its tokens; ``chat_template``
+        instead of the model's; keyword arguments (``add_generation_prompt``, ``tools``,
+        ``enable_thinking``...) reach the template."""
+        template = chat_template or self.chat_template
+        if not template:
             raise ValueError("this model's tokenizer has no chat template; use generate() with a plain prompt")
-        text = render_chat(self.chat_template, conversation, **{**self.special_tokens_map, **kwargs})
+        text = render_chat(template, conversation, **{**self.special_tokens_map, **kwargs})
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
@@ -146,10 +149,3 @@ def read_chat_template(template: str) -> str:
     if not path.is_file():
         raise ValueError(f"chat_template must be a Jinja template or a file holding one; {template!r} is neither")
     return path.read_text()
-
-
-def apply_chat_template(tokenizer: Tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                        continue_final_message: bool = False, **template_kwargs: Any) -> str:
-    """Render with the model's template; ``continue_final_message`` leaves the last message open."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         continue_final_message=continue_final_message, **template_kwargs)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
 
+from engine.model.loader import resolve_model
 from engine.processing.detokenizer import IncrementalDetokenizer
+from engine.processing.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer(default_model):
-    return AutoTokenizer.from_pretrained(default_model)
+    """The engine's own tokenizer: the one its detokenizers run with."""
+    return load_tokenizer(resolve_model(str(default_model)))
 
 
 def _stream(tokenizer, prompt_ids, ids, skip_special_tokens=True):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+from parity import assert_same_tokenizer
 from transformers import AutoConfig, AutoTokenizer
 
 from engine.model.loader import ModelSource
@@ -28,23 +29,9 @@ def ours(path: Path, folder: Path):
     return load_tokenizer(ModelSource(folder, False, "m", folder))
 
 
-def assert_same_tokenizer(mine, reference) -> None:
-    for text in TEXTS:
-        for add_special_tokens in (True, False):
-            assert mine.encode(text, add_special_tokens) == reference.encode(text, add_special_tokens=add_special_tokens), text
-        ids = reference.encode(text)
-        for skip in (True, False):
-            assert mine.decode(ids, skip_special_tokens=skip) == reference.decode(ids, skip_special_tokens=skip)
-    vocab = list(range(len(reference)))
-    assert len(mine) == len(reference) and mine.convert_ids_to_tokens(vocab) == reference.convert_ids_to_tokens(vocab)
-    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        assert getattr(mine, f"{name}_id") == getattr(reference, f"{name}_id"), name
-    assert mine.chat_template == reference.chat_template
-
-
 def test_the_default_model_converts_as_transformers_converts_it(tmp_path):
     path = default_gguf_file()
-    assert_same_tokenizer(ours(path, tmp_path), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    assert_same_tokenizer(ours(path, tmp_path), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), TEXTS)
     config = json.loads((tmp_path / "config.json").read_text())
     reference = AutoConfig.from_pretrained(path.parent, gguf_file=path.name).to_dict()
     assert {field: config[field] for field in ENGINE_FIELDS} == {field: reference[field] for field in ENGINE_FIELDS}
@@ -91,7 +78,7 @@ def test_byte_level_vocabularies_convert_as_transformers_converts_them(tmp_path,
     path = byte_level_file(tmp_path / "tiny.gguf", pre, add_bos)
     (tmp_path / "meta").mkdir()
     mine = ours(path, tmp_path / "meta")
-    assert_same_tokenizer(mine, AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name))
+    assert_same_tokenizer(mine, AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name), TEXTS)
     assert (mine.encode("Hello")[0] == 1) == add_bos
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
+from parity import assert_same_tokenizer
 from transformers import AutoTokenizer
 
 from engine.model.loader import ModelSource
@@ -53,40 +53,22 @@ def test_loading_imports_no_transformers(folder):
     assert out.stdout.strip() == "False"
 
 
-def test_ids_text_and_pieces_equal_transformers(pair):
-    ours, ref = pair
-    for text in TEXTS:
-        for add_special_tokens in (True, False):
-            assert ours.encode(text, add_special_tokens) == ref.encode(text, add_special_tokens=add_special_tokens)
-        ids = ref.encode(text)
-        for skip in (True, False):
-            assert ours.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
-    vocab = list(range(len(ref)))
-    assert len(ours) == len(ref) and ours.convert_ids_to_tokens(vocab) == ref.convert_ids_to_tokens(vocab)
-    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        assert (getattr(ours, name), getattr(ours, f"{name}_id")) == (getattr(ref, name), getattr(ref, f"{name}_id"))
+def test_ids_text_pieces_and_template_equal_transformers(pair):
+    assert_same_tokenizer(*pair, TEXTS)
 
 
-@pytest.mark.parametrize("template", ["model", "qwen2.5"])
+@pytest.mark.parametrize("template", [None, QWEN_TEMPLATE], ids=["model", "qwen2.5"])
 def test_chats_render_as_transformers_renders_them(pair, template):
     ours, ref = pair
-    text = None if template == "model" else QWEN_TEMPLATE
-    for chat in CHATS if template == "qwen2.5" else CHATS[:2]:  # SmolLM2's template has no tool calls
+    for chat in CHATS if template else CHATS[:2]:  # SmolLM2's template has no tool calls
         for kwargs in ({"add_generation_prompt": True}, {"add_generation_prompt": False}, {"tools": [WEATHER]}):
-            expected = ref.apply_chat_template(chat, tokenize=False, chat_template=text, **kwargs)
-            assert ours_render(ours, chat, text, **kwargs) == expected
+            expected = ref.apply_chat_template(chat, tokenize=False, chat_template=template, **kwargs)
+            assert ours.apply_chat_template(chat, tokenize=False, chat_template=template, **kwargs) == expected
     opened = CHATS[1][:3]
-    expected = ref.apply_chat_template(opened, tokenize=False, chat_template=text, continue_final_message=True)
-    assert ours_render(ours, opened, text, continue_final_message=True) == expected
+    expected = ref.apply_chat_template(opened, tokenize=False, chat_template=template, continue_final_message=True)
+    assert ours.apply_chat_template(opened, tokenize=False, chat_template=template,
+                                    continue_final_message=True) == expected
     assert expected.endswith("Hello!")
-
-
-def ours_render(tokenizer, chat, template, **kwargs):
-    saved, tokenizer.chat_template = tokenizer.chat_template, template or tokenizer.chat_template
-    try:
-        return tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
-    finally:
-        tokenizer.chat_template = saved
 
 
 @pytest.mark.parametrize("escape", [
@@ -97,23 +79,18 @@ def ours_render(tokenizer, chat, template, **kwargs):
 ])
 def test_a_template_cannot_reach_python_internals(pair, escape):
     ours, _ = pair
-    saved, ours.chat_template = ours.chat_template, escape
-    try:
-        with pytest.raises(jinja2.exceptions.SecurityError):
-            ours.apply_chat_template(CHATS[0], tokenize=False)
-        ours.chat_template = "[{{ messages.__class__ }}{{ raise_exception.__globals__ }}]"
-        assert ours.apply_chat_template(CHATS[0], tokenize=False) == "[]"  # unsafe attributes read as undefined
-    finally:
-        ours.chat_template = saved
+    with pytest.raises(ValueError, match="could not render the messages: SecurityError"):
+        ours.apply_chat_template(CHATS[0], tokenize=False, chat_template=escape)
+    unsafe = "[{{ messages.__class__ }}{{ raise_exception.__globals__ }}]"
+    assert ours.apply_chat_template(CHATS[0], tokenize=False, chat_template=unsafe) == "[]"  # read as undefined
 
 
-def test_raise_exception_and_empty_chats_are_value_errors(pair):
+def test_raise_exception_bad_syntax_and_empty_chats_are_value_errors(pair):
+    """Rejected like a bad prompt (``LLM.chat`` runs the other conversations, the server answers 400)."""
     ours, _ = pair
-    saved, ours.chat_template = ours.chat_template, "{{ raise_exception('only user turns') }}"
-    try:
-        with pytest.raises(jinja2.exceptions.TemplateError, match="only user turns"):
-            ours.apply_chat_template(CHATS[0], tokenize=False)
-    finally:
-        ours.chat_template = saved
+    with pytest.raises(ValueError, match="TemplateError: only user turns"):
+        ours.apply_chat_template(CHATS[0], tokenize=False, chat_template="{{ raise_exception('only user turns') }}")
+    with pytest.raises(ValueError, match="TemplateSyntaxError"):
+        ours.apply_chat_template(CHATS[0], tokenize=False, chat_template="{% for m in messages %}")
     with pytest.raises(ValueError, match="at least one message"):
         ours.apply_chat_template([], tokenize=False)

@@ -159,16 +159,9 @@ def iter_gguf_weights(path: Path) -> Iterator[tuple[str, torch.Tensor | LowBitGr
 def _decode(raw: np.ndarray, info: TensorInfo, gguf) -> torch.Tensor | LowBitGroups:
     kind = gguf.GGMLQuantizationType(info.ggml_type)
     Q = gguf.GGMLQuantizationType
-    if kind in (Q.Q4_0, Q.Q4_1) and len(info.shape) == 2:
-        return _int4_groups(torch.from_numpy(raw.copy()), with_min=kind == Q.Q4_1)
-    if kind == Q.Q8_0 and len(info.shape) == 2:
-        return _int8_groups(torch.from_numpy(raw.copy()))
-    if kind == Q.Q4_K and len(info.shape) == 2:
-        return _q4_k_groups(torch.from_numpy(raw.copy()))
-    if kind == Q.Q5_0 and len(info.shape) == 2:
-        return _q5_0_groups(torch.from_numpy(raw.copy()))
-    if kind == Q.Q6_K and len(info.shape) == 2:
-        return _q6_k_groups(torch.from_numpy(raw.copy()))
+    decode = _LOW_BIT_DECODERS.get(kind.name)
+    if decode is not None and len(info.shape) == 2:
+        return decode(torch.from_numpy(raw.copy()))  # a copy: the file is mapped read-only
     values = gguf.quants.dequantize(raw, kind) if kind not in (Q.F32, Q.F16, Q.BF16) else raw.view(
         {Q.F32: np.float32, Q.F16: np.float16}.get(kind, np.uint16))
     tensor = torch.from_numpy(np.array(values))  # a copy: the file is mapped read-only
@@ -247,6 +240,13 @@ def _q6_k_groups(raw: torch.Tensor) -> Int8Groups:
     codes = (nibbles | (pairs << 4)) - 32
     scales = blocks[..., 192:208].contiguous().view(torch.int8).float() * _fp16(blocks[..., 208:210])[..., None]
     return Int8Groups(codes.to(torch.int8).reshape(rows, -1), scales.reshape(rows, -1))
+
+
+# ggml types kept low-bit -> their decoder (every other type is dequantized)
+_LOW_BIT_DECODERS = {
+    "Q4_0": lambda raw: _int4_groups(raw, with_min=False), "Q4_1": lambda raw: _int4_groups(raw, with_min=True),
+    "Q4_K": _q4_k_groups, "Q5_0": _q5_0_groups, "Q6_K": _q6_k_groups, "Q8_0": _int8_groups,
+}
 
 
 def _unpermute_rows(num_rows: int, num_heads: int) -> torch.Tensor:

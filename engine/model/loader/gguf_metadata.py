@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .gguf import iter_gguf_weights, read_index
+from .snapshot import checkpoint_identity, sources_digest
 
 # general.architecture -> (model_type, transformers class); llama.cpp files Mistral under "llama"
 _ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
@@ -46,9 +47,9 @@ _SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_t
 
 def gguf_metadata_folder(path: Path, cache: Path) -> Path:
     """config.json and tokenizer files of a GGUF file, converted once and cached by the file's
-    identity (path, size, modification time)."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    identity (path, size, modification time) and the converting sources."""
+    identity = [*checkpoint_identity([path]), sources_digest((Path(__file__).parent,))]
+    key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     folder = cache / "gguf-metadata" / f"{path.stem}-{key}"
     if (folder / "config.json").is_file():
         return folder

@@ -95,7 +95,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser, max_num_seqs: int = 256) 
     parser.add_argument("--max-num-seqs", type=int, default=max_num_seqs)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--kv-cache-memory-gb", type=float, default=None)
-    parser.add_argument("--num-kv-blocks", type=int, default=None)
+    parser.add_argument("--num-kv-blocks", type=int, default=None,
+                        help="exact KV pool size instead of --kv-cache-memory-gb (a block: --block-size tokens of one "
+                             "group of layers; every layer unless some attend through a sliding window)")
     parser.add_argument("--quantization", default=None, choices=("awq", "gptq", "none"),
                         help="default: as the checkpoint says; 'none': compute with dequantized weights")
     parser.add_argument("--enforce-eager", action="store_true",

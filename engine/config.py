@@ -37,6 +37,8 @@ class EngineConfig:
     seed: int = 0
     tensor_parallel_size: int = 1
     kv_cache_memory_gb: float | None = None
+    # exact pool size; a block holds block_size tokens of one KV cache group's layers (all layers but for
+    # sliding-window models: scheduler/kv_groups.py)
     num_kv_blocks: int | None = None
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False  # no compiled decode step on the CPU, no CUDA graphs on CUDA

@@ -8,6 +8,7 @@ root is ``engine``.
 from .block_manager import BlockManager
 from .block_pool import BlockPool, KVBlock
 from .config import RequestRejected, SchedulerConfig
+from .kv_groups import KVCacheGroups
 from .output import ScheduledRequest, SchedulerOutput
 from .request import FinishReason, Request, RequestStatus, StopConditions
 from .scheduler import Scheduler
@@ -17,6 +18,7 @@ __all__ = [
     "BlockPool",
     "FinishReason",
     "KVBlock",
+    "KVCacheGroups",
     "Request",
     "RequestRejected",
     "RequestStatus",

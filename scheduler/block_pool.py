@@ -2,7 +2,9 @@
 
 A block nobody holds goes to the back of the free queue but keeps its hash: until it is
 handed out again (evicted, least recently freed first), a request with the same prefix can
-revive it in O(1) (``OrderedDict`` removal by key) instead of recomputing its K/V.
+revive it in O(1) (``OrderedDict`` removal by key) instead of recomputing its K/V. A block is cached
+under its KV cache group too (scheduler/kv_groups.py): the same tokens' blocks of two groups hold
+different layers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class KVBlock:
     # Set (once) when the block is full and cached: its identity, its parent's, and its tokens,
     # which a lookup compares so that even a hash collision cannot serve wrong K/V.
     block_hash: bytes | None = None
+    group: int = 0  # the KV cache group whose layers it holds, while cached
     parent_hash: bytes | None = None
     token_ids: tuple[int, ...] | None = None
 
@@ -32,7 +35,7 @@ class BlockPool:
     def __init__(self, num_blocks: int) -> None:
         self.blocks = [KVBlock(block_id) for block_id in range(num_blocks)]
         self._free: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
-        self._cached: dict[bytes, KVBlock] = {}
+        self._cached: dict[tuple[int, bytes], KVBlock] = {}
         self.num_evictions = 0
 
     @property
@@ -55,7 +58,7 @@ class BlockPool:
         for _ in range(count):
             _, block = self._free.popitem(last=False)
             if block.block_hash is not None:
-                del self._cached[block.block_hash]
+                del self._cached[block.group, block.block_hash]
                 block.block_hash = block.parent_hash = block.token_ids = None
                 self.num_evictions += 1
             block.ref_count = 1
@@ -85,17 +88,23 @@ class BlockPool:
     def is_free(self, block: KVBlock) -> bool:
         return block.block_id in self._free
 
-    def cache(self, block: KVBlock, block_hash: bytes, parent_hash: bytes | None, token_ids: tuple[int, ...]) -> None:
+    def cache(self, block: KVBlock, block_hash: bytes, parent_hash: bytes | None, token_ids: tuple[int, ...],
+              group: int = 0) -> None:
         """Make a full, computed block findable. If another block already holds this content, keep that one."""
-        if block.block_hash is not None or block_hash in self._cached:
+        if block.block_hash is not None or (group, block_hash) in self._cached:
             return
-        block.block_hash, block.parent_hash, block.token_ids = block_hash, parent_hash, token_ids
-        self._cached[block_hash] = block
+        block.block_hash, block.parent_hash, block.token_ids, block.group = block_hash, parent_hash, token_ids, group
+        self._cached[group, block_hash] = block
 
-    def take_cached(self, block_hash: bytes, token_ids: tuple[int, ...]) -> KVBlock | None:
+    def find_cached(self, block_hash: bytes, token_ids: tuple[int, ...], group: int = 0) -> KVBlock | None:
+        """The cached block of ``group`` with this content, or None; nothing changes."""
+        block = self._cached.get((group, block_hash))
+        return block if block is not None and block.token_ids == token_ids else None
+
+    def take_cached(self, block_hash: bytes, token_ids: tuple[int, ...], group: int = 0) -> KVBlock | None:
         """The cached block with this content, with one more holder (revived if it was free), or None."""
-        block = self._cached.get(block_hash)
-        if block is None or block.token_ids != token_ids:
+        block = self.find_cached(block_hash, token_ids, group)
+        if block is None:
             return None
         if block.ref_count == 0:
             del self._free[block.block_id]
@@ -103,8 +112,9 @@ class BlockPool:
         return block
 
     def check_cache(self) -> None:
-        for block_hash, block in self._cached.items():
-            assert block.block_hash == block_hash, f"block {block.block_id} is mapped under another hash"
+        for (group, block_hash), block in self._cached.items():
+            assert (block.group, block.block_hash) == (group, block_hash), (
+                f"block {block.block_id} is mapped under another hash or group")
             assert hash_block(block.parent_hash, block.token_ids) == block_hash, (
                 f"block {block.block_id}: hash does not match its tokens and parent"
             )

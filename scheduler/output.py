@@ -17,7 +17,7 @@ class ScheduledRequest:
     request_id: str
     token_ids: list[int]
     start_pos: int
-    block_table: list[int]
+    block_tables: tuple[list[int], ...]  # one per KV cache group (scheduler/kv_groups.py)
     num_samples: int
 
     @property

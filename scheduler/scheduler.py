@@ -13,6 +13,10 @@ Order of one ``schedule()``:
 2. Waiting requests, first come first served, while ``max_num_seqs``, the token budget and
    free blocks allow, and only if nothing was preempted this step.
 
+Before a request's tables grow, its sliding-window KV cache groups give back the blocks that no
+token from ``num_computed_tokens`` on can see (``BlockManager.free_outside_window``), so a long
+sequence of a Gemma 3 or Mistral model holds its whole context only in its full-attention layers.
+
 A request asking for n > 1 sequences is prefilled once; at the step that samples its first
 token it forks (``update``): full prompt blocks are shared by reference count, the partial
 last block is copied, and each sequence continues as its own request. It is admitted only
@@ -34,7 +38,8 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching,
+                                          config.kv_group_windows)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -161,8 +166,9 @@ class Scheduler:
     def _allocate(self, request: Request, num_new: int) -> bool:
         seq_len = request.num_computed_tokens + num_new
         forks_now = request.fork_ids and seq_len == request.num_tokens
-        spare = len(request.fork_ids) if forks_now and seq_len % self.config.block_size else 0
+        spare = len(request.fork_ids) * self.block_manager.num_groups if forks_now and seq_len % self.config.block_size else 0
         reserved = self._num_spare_reserved
+        self.block_manager.free_outside_window(request.request_id, request.num_computed_tokens)
         if not self.block_manager.allocate_slots(request.request_id, seq_len, num_spare_blocks=spare + reserved):
             return False
         self._num_spare_reserved += spare
@@ -174,7 +180,7 @@ class Scheduler:
             request_id=request.request_id,
             token_ids=request.token_ids_from(start, num_new),
             start_pos=start,
-            block_table=self.block_manager.block_table(request.request_id),
+            block_tables=self.block_manager.block_tables(request.request_id),
             num_samples=request.num_seats if start + num_new == request.num_tokens else 0,
         )
 
@@ -187,9 +193,7 @@ class Scheduler:
                 num_computed_tokens=parent.num_computed_tokens, status=RequestStatus.RUNNING,
                 parent_id=parent.request_id,
             )
-            copy = self.block_manager.fork(parent.request_id, child_id, parent.num_computed_tokens)
-            if copy is not None:
-                result.block_copies.append(copy)
+            result.block_copies += self.block_manager.fork(parent.request_id, child_id, parent.num_computed_tokens)
             self.requests[child_id] = child
             self.running.append(child)
             children.append(child)

@@ -4,7 +4,9 @@ A step of decodes only carries ``DecodeMetadata``. In a step with prompt tokens,
 one new token (decodes) come first so attention can run the decode kernel on
 ``[:num_decode_tokens]`` and the prefill kernel on the rest. Beside the tensors, the metadata
 holds the engine's kernel set's attention plans, built here once per step for all layers (as
-vLLM's attention-metadata builders do). The compiled CPU decode step rebuilds its metadata from
+vLLM's attention-metadata builders do). There is one metadata per KV cache group
+(scheduler/kv_groups.py): a model with sliding-window layers addresses them through tables of
+their own. The compiled CPU decode step rebuilds its metadata from
 the tensors alone, so its graph sees no Python number that would specialise it.
 """
 
@@ -72,10 +74,16 @@ class AttentionMetadata:
 class ForwardBatch:
     input_ids: torch.Tensor  # int64 [num_tokens]
     positions: torch.Tensor  # int64 [num_tokens]
-    attention: AttentionMetadata | DecodeMetadata
+    # per KV cache group (scheduler/kv_groups.py), its layers' slots, tables and plans; one for most models
+    attention: tuple[AttentionMetadata, ...] | tuple[DecodeMetadata, ...]
     logits_indices: torch.Tensor  # int64 [num_rows]: last token of each sampling request, once per sample
     sampled: list[SampledRows]  # in the order of logits_indices
     token_offsets: dict[str, int]  # where each request's tokens start in the flattened batch
+
+    @property
+    def is_decode(self) -> bool:
+        """One token per sequence: the step the CUDA graphs and the compiled CPU step run."""
+        return isinstance(self.attention[0], DecodeMetadata)
 
     @classmethod
     def build(cls, output: SchedulerOutput, planner: AttentionPlanner, device: torch.device) -> "ForwardBatch":
@@ -85,17 +93,12 @@ class ForwardBatch:
 
         input_ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
         logits_indices: list[int] = []
         sampled: list[SampledRows] = []
         offsets: dict[str, int] = {}
-        block_size = planner.block_size
         for item in ordered:
             offsets[item.request_id] = len(input_ids)
-            table = item.block_table
-            for pos in range(item.start_pos, item.seq_len):
-                positions.append(pos)
-                slots.append(table[pos // block_size] * block_size + pos % block_size)
+            positions.extend(range(item.start_pos, item.seq_len))
             input_ids.extend(item.token_ids)
             if item.sample:
                 first_row = len(logits_indices)
@@ -105,32 +108,46 @@ class ForwardBatch:
         def tensor(values, dtype=torch.int64):
             return torch.tensor(values, dtype=dtype, device=device)
 
-        decode_tables = _block_tables(decodes, device)
         decode_seq_lens = tensor([s.seq_len for s in decodes], torch.int32)
-        decode_plan = planner.decode(decode_tables, decode_seq_lens) if decodes else None
-        if not prefills:
-            attention = DecodeMetadata(tensor(slots), decode_tables, decode_seq_lens, decode_plan)
-            return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled, offsets)
         cu_seqlens = [0]
         for item in prefills:
             cu_seqlens.append(cu_seqlens[-1] + item.num_tokens)
-        prefill_tables = _block_tables(prefills, device)
         prefill_cu_seqlens = tensor(cu_seqlens, torch.int32)
         prefill_seq_lens = tensor([s.seq_len for s in prefills], torch.int32)
-        attention = AttentionMetadata(
-            slot_mapping=tensor(slots),
-            decode_block_tables=decode_tables,
-            decode_seq_lens=decode_seq_lens,
-            prefill_block_tables=prefill_tables,
-            prefill_cu_seqlens_q=prefill_cu_seqlens,
-            prefill_seq_lens=prefill_seq_lens,
-            decode_plan=decode_plan,
-            prefill_plan=planner.prefill(prefill_tables, prefill_cu_seqlens, prefill_seq_lens),
-        )
-        return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled, offsets)
+        attention = []
+        for group in range(len(ordered[0].block_tables)):
+            slots = tensor(_slots(ordered, group, planner.block_size))
+            decode_tables = _block_tables(decodes, group, device)
+            decode_plan = planner.decode(decode_tables, decode_seq_lens) if decodes else None
+            if not prefills:
+                attention.append(DecodeMetadata(slots, decode_tables, decode_seq_lens, decode_plan))
+                continue
+            prefill_tables = _block_tables(prefills, group, device)
+            attention.append(AttentionMetadata(
+                slot_mapping=slots,
+                decode_block_tables=decode_tables,
+                decode_seq_lens=decode_seq_lens,
+                prefill_block_tables=prefill_tables,
+                prefill_cu_seqlens_q=prefill_cu_seqlens,
+                prefill_seq_lens=prefill_seq_lens,
+                decode_plan=decode_plan,
+                prefill_plan=planner.prefill(prefill_tables, prefill_cu_seqlens, prefill_seq_lens),
+            ))
+        return cls(tensor(input_ids), tensor(positions), tuple(attention), tensor(logits_indices), sampled, offsets)
 
 
-def _block_tables(items: list[ScheduledRequest], device: torch.device) -> torch.Tensor:
-    width = max((len(s.block_table) for s in items), default=0)
-    rows = [s.block_table + [-1] * (width - len(s.block_table)) for s in items]
+def _slots(items: list[ScheduledRequest], group: int, block_size: int) -> list[int]:
+    """The cache slot of each of the step's tokens in one group's blocks."""
+    slots = []
+    for item in items:
+        table = item.block_tables[group]
+        slots.extend(table[pos // block_size] * block_size + pos % block_size
+                     for pos in range(item.start_pos, item.seq_len))
+    return slots
+
+
+def _block_tables(items: list[ScheduledRequest], group: int, device: torch.device) -> torch.Tensor:
+    tables = [s.block_tables[group] for s in items]
+    width = max((len(table) for table in tables), default=0)
+    rows = [table + [-1] * (width - len(table)) for table in tables]
     return torch.tensor(rows, dtype=torch.int32, device=device).reshape(len(items), width)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from engine.kernels import cpu as cpu_kernels
+from engine.model.architectures.decoder import LayerKV
 from engine.model.forward_batch import ForwardBatch
 
 from .layer_graphs import LayerGraph, StepShapes, batch_ranges, layer_tensors, load_package, meta_copy, structure_digest
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 class CompiledDecode:
-    def __init__(self, model: torch.nn.Module, kv_layers: list[tuple[torch.Tensor, torch.Tensor]], max_num_seqs: int,
+    def __init__(self, model: torch.nn.Module, kv_layers: list[LayerKV], max_num_seqs: int,
                  folder: Path) -> None:
         """Load the graphs ``folder`` holds and start compiling the others in the background."""
         self.model, self.kv_layers = model, kv_layers
@@ -109,13 +110,13 @@ class CompiledDecode:
         steps = self._steps[bisect.bisect_right(self._starts, input_ids.shape[0]) - 1]
         if steps is None:
             return None
-        meta, body = batch.attention, self.model.model
+        body = self.model.model
         hidden = body.embed_tokens(input_ids)
         residual = torch.zeros_like(hidden)
-        inputs = (batch.positions, self.model.cos_sin_cache, self.model.local_cos_sin_cache, meta.slot_mapping,
-                  meta.block_tables, meta.seq_lens)
-        for call, tensors, (k_cache, v_cache) in zip(steps, self._layer_tensors, self.kv_layers):
-            hidden, residual = call([*tensors, hidden, residual, *inputs, k_cache, v_cache])
+        shared = (batch.positions, self.model.cos_sin_cache, self.model.local_cos_sin_cache)
+        groups = [(meta.slot_mapping, meta.block_tables, meta.seq_lens) for meta in batch.attention]
+        for call, tensors, (k_cache, v_cache, group) in zip(steps, self._layer_tensors, self.kv_layers):
+            hidden, residual = call([*tensors, hidden, residual, *shared, *groups[group], k_cache, v_cache])
         return body.norm(hidden, residual)[0]
 
     def _install(self, graph: LayerGraph) -> None:

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from engine.model.architectures.decoder import LayerKV
 from engine.model.forward_batch import DecodeMetadata, ForwardBatch
 
 logger = logging.getLogger(__name__)
@@ -25,15 +26,17 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model, kv_layers, max_num_seqs: int, max_blocks_per_seq: int, device: torch.device) -> None:
+    def __init__(self, model, kv_layers: list[LayerKV], max_num_seqs: int, max_blocks_per_seq: int,
+                 device: torch.device) -> None:
         self.model = model
         self.kv_layers = kv_layers
         self.sizes = capture_sizes(max_num_seqs)
         largest = self.sizes[-1]
+        num_groups = max(group for _, _, group in kv_layers) + 1  # KV cache groups: one slot map and table each
         self.input_ids = torch.zeros(largest, dtype=torch.int64, device=device)
         self.positions = torch.zeros(largest, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((largest,), -1, dtype=torch.int64, device=device)
-        self.block_tables = torch.zeros((largest, max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.slot_mapping = torch.full((num_groups, largest), -1, dtype=torch.int64, device=device)
+        self.block_tables = torch.zeros((num_groups, largest, max_blocks_per_seq), dtype=torch.int32, device=device)
         self.seq_lens = torch.ones(largest, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -43,7 +46,8 @@ class DecodeGraphs:
         return self.sizes[-1]
 
     def _forward(self, size: int) -> torch.Tensor:
-        attention = DecodeMetadata(self.slot_mapping[:size], self.block_tables[:size], self.seq_lens[:size])
+        attention = tuple(DecodeMetadata(slots[:size], tables[:size], self.seq_lens[:size])
+                          for slots, tables in zip(self.slot_mapping, self.block_tables))
         return self.model(self.input_ids[:size], self.positions[:size], attention, self.kv_layers)
 
     @torch.inference_mode()
@@ -62,20 +66,20 @@ class DecodeGraphs:
         logger.info("captured CUDA graphs for decode batch sizes %s in %.1f s", self.sizes, time.monotonic() - started)
 
     def can_run(self, batch: ForwardBatch) -> bool:
-        return isinstance(batch.attention, DecodeMetadata) and 0 < batch.input_ids.shape[0] <= self.max_size
+        return batch.is_decode and 0 < batch.input_ids.shape[0] <= self.max_size
 
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states of the step's ``n`` decode tokens (rows past ``n`` are padding)."""
         n = batch.input_ids.shape[0]
         size = next(s for s in self.sizes if s >= n)
-        width = batch.attention.block_tables.shape[1]
         self.input_ids[:n].copy_(batch.input_ids)
         self.positions[:n].copy_(batch.positions)
-        self.slot_mapping[:n].copy_(batch.attention.slot_mapping)
-        self.slot_mapping[n:size].fill_(-1)
-        self.block_tables[:n, :width].copy_(batch.attention.block_tables)
-        self.block_tables[n:size].zero_()
-        self.seq_lens[:n].copy_(batch.attention.seq_lens)
+        for slots, tables, meta in zip(self.slot_mapping, self.block_tables, batch.attention):
+            slots[:n].copy_(meta.slot_mapping)
+            slots[n:size].fill_(-1)
+            tables[:n, : meta.block_tables.shape[1]].copy_(meta.block_tables)
+            tables[n:size].zero_()
+        self.seq_lens[:n].copy_(batch.attention[0].seq_lens)
         self.seq_lens[n:size].fill_(1)
         self.graphs[size].replay()
         return self.outputs[size][:n]

@@ -1,10 +1,12 @@
-"""The paged K/V cache tensors of every layer, sized from a memory budget or an exact block count."""
+"""The paged K/V cache tensors, shared by the KV cache groups' layers, sized from a memory budget or a block count."""
 
 from __future__ import annotations
 
 import torch
 
 from engine.config import DEFAULT_CPU_KV_CACHE_GB
+from engine.model.architectures.decoder import LayerKV
+from engine.scheduler import KVCacheGroups
 
 
 def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -27,18 +29,23 @@ def num_blocks_for_memory(memory_gb: float | None, block_bytes: int, device: tor
 
 
 class KVCache:
-    """Per layer a ``(k_cache, v_cache)`` pair shaped ``[num_blocks, block_size, num_kv_heads, head_dim]``.
+    """The pool's ``group_size`` per-layer ``(k_cache, v_cache)`` pairs, each shaped
+    ``[num_blocks, block_size, num_kv_heads, head_dim]``, and each model layer's view of them.
 
-    Allocated with ``torch.empty``: slots are written by ``store_kv`` before any read, and the
-    attention ops never read past a sequence's length.
+    Layer slot j of every KV cache group (scheduler/kv_groups.py) uses pair j: a block belongs to
+    one group at a time, so the groups' tables never point two layers at the same slot. Allocated
+    with ``torch.empty``: slots are written by ``store_kv`` before any read, and the attention ops
+    never read past a sequence's length.
     """
 
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+    def __init__(self, groups: KVCacheGroups, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
-        self.layers = [
+        self.tensors = [
             (torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-            for _ in range(num_layers)
+            for _ in range(groups.group_size)
         ]
+        self.layers: list[LayerKV] = [(*self.tensors[slot], group)
+                                      for group, slot in zip(groups.layer_group, groups.layer_slot)]
         self.num_blocks = num_blocks
         self.block_size = block_size

@@ -27,7 +27,7 @@ from engine.processing.tokenizer import load_tokenizer
 from engine.sampling.grammar import GrammarCompiler
 from engine.sampling.sampler import Sampler
 from engine.sampling.sampling_params import InvalidSamplingParam, SamplingParams
-from engine.scheduler import FinishReason, Request, Scheduler, SchedulerConfig, StopConditions
+from engine.scheduler import FinishReason, KVCacheGroups, Request, Scheduler, SchedulerConfig, StopConditions
 
 from .kv_cache import bytes_per_block, num_blocks_for_memory
 from .model_runner import ModelRunner
@@ -75,7 +75,9 @@ class LLMEngine:
         started = time.monotonic()
         self.tokenizer = load_tokenizer(source, config.chat_template)
         self.runner = self._build_runner(source, hf_config, device, dtype)
-        num_blocks, block_bytes, max_num_batched_tokens = self._size_kv_cache(device, dtype)
+        spec = self.runner.model.spec
+        kv_groups = KVCacheGroups.of_layers([spec.window(layer) for layer in range(spec.num_layers)], max_model_len)
+        num_blocks, block_bytes, max_num_batched_tokens = self._size_kv_cache(device, dtype, kv_groups.group_size)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -83,14 +85,14 @@ class LLMEngine:
             num_blocks=num_blocks,
             max_model_len=max_model_len,
             enable_prefix_caching=config.enable_prefix_caching,
+            kv_group_windows=kv_groups.windows,
         ))
-        self.runner.allocate_kv_cache(num_blocks, config.block_size)
+        self.runner.allocate_kv_cache(kv_groups, num_blocks, config.block_size)
         self._set_up_fast_decode(device, max_model_len)
         self.runtime = RuntimeInfo(device, dtype, max_model_len, max_num_batched_tokens, num_blocks,
                                    num_blocks * block_bytes)
         logger.info("loaded %s in %.1f s: %s", source.name, time.monotonic() - started, self.runtime.describe())
 
-        spec = self.runner.model.spec
         self.vocab_size = spec.vocab_size
         self.eos_token_id = self.tokenizer.eos_token_id
         self.input_processor = InputProcessor(self.tokenizer, spec.vocab_size)
@@ -120,11 +122,12 @@ class LLMEngine:
             torch.set_num_threads(max(1, torch.get_num_threads() // config.tensor_parallel_size))
         return ParallelRunner(runner_args, config.tensor_parallel_size)
 
-    def _size_kv_cache(self, device: torch.device, dtype: torch.dtype) -> tuple[int, int, int]:
-        """The number of KV blocks, the bytes of one, and the step's token budget."""
+    def _size_kv_cache(self, device: torch.device, dtype: torch.dtype, layers_per_block: int) -> tuple[int, int, int]:
+        """The number of KV blocks, the bytes of one (``layers_per_block``: a KV cache group's size), and the
+        step's token budget."""
         config = self.config
         spec = self.runner.model.spec  # rank 0's: it holds the most KV heads, so its blocks are the largest
-        block_bytes = bytes_per_block(spec.num_layers, config.block_size, spec.local_kv_heads, spec.head_dim, dtype)
+        block_bytes = bytes_per_block(layers_per_block, config.block_size, spec.local_kv_heads, spec.head_dim, dtype)
         max_num_batched_tokens = config.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, config.max_num_seqs)
         num_blocks = config.num_kv_blocks or num_blocks_for_memory(
             config.kv_cache_memory_gb, block_bytes, device, config.gpu_memory_utilization,

@@ -10,13 +10,13 @@ import torch
 
 from engine.kernels import KernelSet
 from engine.model.architectures.registry import build_model
-from engine.model.forward_batch import AttentionPlanner, DecodeMetadata, ForwardBatch, SampledRows
+from engine.model.forward_batch import AttentionPlanner, ForwardBatch, SampledRows
 from engine.model.loader import ModelSource, iter_weights
 from engine.model.loader.resolve import cache_dir
 from engine.model.loader.snapshot import checkpoint_identity, converted_model
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import QuantFormat
-from engine.scheduler import SchedulerOutput
+from engine.scheduler import KVCacheGroups, SchedulerOutput
 
 from .compiled_decode import CompiledDecode
 from .cuda_graphs import DecodeGraphs
@@ -78,9 +78,9 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
         self.compiled_decode: CompiledDecode | None = None
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+    def allocate_kv_cache(self, groups: KVCacheGroups, num_blocks: int, block_size: int) -> None:
         spec = self.model.spec
-        self.kv_cache = KVCache(spec.num_layers, num_blocks, block_size, spec.local_kv_heads, spec.head_dim,
+        self.kv_cache = KVCache(groups, num_blocks, block_size, spec.local_kv_heads, spec.head_dim,
                                 self.dtype, self.device)
         self.planner = AttentionPlanner(self.ops, block_size, spec.local_heads, spec.local_kv_heads)
 
@@ -98,7 +98,7 @@ class ModelRunner:
         """Hidden states of every token of the step: a CUDA graph, the compiled CPU decode step, or eager."""
         if self.decode_graphs is not None and graphs_allowed and self.decode_graphs.can_run(batch):
             return self.decode_graphs.run(batch)
-        if self.compiled_decode is not None and isinstance(batch.attention, DecodeMetadata):
+        if self.compiled_decode is not None and batch.is_decode:
             hidden = self.compiled_decode.run(batch)
             if hidden is not None:
                 return hidden
@@ -118,11 +118,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
-        """Copy whole blocks of K/V in every layer (a forked sequence's partial last block)."""
+        """Copy whole blocks of K/V in every layer slot (a forked sequence's partial last block, in each group)."""
         if not copies:
             return
         src = torch.tensor([s for s, _ in copies], device=self.device)
         dst = torch.tensor([d for _, d in copies], device=self.device)
-        for k_cache, v_cache in self.kv_cache.layers:
+        for k_cache, v_cache in self.kv_cache.tensors:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]

@@ -27,6 +27,7 @@ from engine.kernels import kernel_set
 from engine.model.loader import ModelSource
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import QuantFormat
+from engine.scheduler import KVCacheGroups
 
 from .model_runner import ModelRunner
 
@@ -93,8 +94,8 @@ class ParallelRunner:
     def kv_cache(self):
         return self.local.kv_cache
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        self._on_all("allocate_kv_cache", num_blocks, block_size)
+    def allocate_kv_cache(self, groups: KVCacheGroups, num_blocks: int, block_size: int) -> None:
+        self._on_all("allocate_kv_cache", groups, num_blocks, block_size)
 
     def execute(self, output, prompt_logprob_ids=frozenset()):
         return self._on_all("execute", output, set(prompt_logprob_ids))

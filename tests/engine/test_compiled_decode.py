@@ -21,7 +21,7 @@ from engine.model.quant.lowbit import cpu_int4_available
 
 PROMPTS = ["Hi", "The capital of France is", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,",
            "def add(a, b):\n    return", "Once upon a time " * 12, "Q: What is 12 times 7?\nA:", "x", "y z"]
-OPTIONS = dict(max_model_len=128, num_kv_blocks=20, block_size=8, max_num_batched_tokens=24)
+OPTIONS = dict(max_model_len=128, block_size=8, max_num_batched_tokens=24)
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 
 
@@ -39,15 +39,17 @@ def _dynamo_frames() -> int:
     return sum(torch._dynamo.utils.counters["frames"].values())
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
-def test_compiled_and_eager_decode_give_the_same_tokens(arch, tiny_model_factory):
+@pytest.mark.parametrize(("arch", "num_kv_blocks"), [("qwen2", 20), ("gemma3", 26)])
+def test_compiled_and_eager_decode_give_the_same_tokens(arch, num_kv_blocks, tiny_model_factory):
     """Through preemption (a pool too small for all) and chunked prefill (a small step budget). Qwen2 has
     q/k/v biases; Gemma 3 q/k norms, sandwich norms, and sliding-window and global layers: two kinds of
-    layer graph, each with its own rotary table. (Llama: the switch-over test below.)"""
+    layer graph, each with its own rotary table, and two KV cache groups of one layer (blocks half the size).
+    (Llama: the switch-over test below.)"""
     folder = str(tiny_model_factory(arch))
-    compiled = LLM(folder, dtype="float32", **OPTIONS)
+    options = {**OPTIONS, "num_kv_blocks": num_kv_blocks}
+    compiled = LLM(folder, dtype="float32", **options)
     assert compiled.engine.runner.compiled_decode.wait(), compiled.engine.runner.compiled_decode.error
-    eager = LLM(folder, dtype="float32", enforce_eager=True, **OPTIONS)
+    eager = LLM(folder, dtype="float32", enforce_eager=True, **options)
     assert eager.engine.runner.compiled_decode is None
     assert _greedy(compiled) == _greedy(eager)
     assert compiled.engine.scheduler.num_preemptions > 0

@@ -84,12 +84,17 @@ def test_tiny_random_model_matches_transformers(tiny_model_factory, arch):
     _check(_ours(llm, prompt_ids), _references(folder, prompt_ids), arch)
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "mistral-window"])
-def test_sliding_windows_match_in_chunks_with_the_prefix_cache_and_under_preemption(tiny_model_factory, arch):
+@pytest.mark.parametrize(("arch", "num_kv_blocks"), [("gemma3", 40), ("mistral-window", 12)])
+def test_sliding_windows_match_in_chunks_with_the_prefix_cache_and_under_preemption(tiny_model_factory, arch,
+                                                                                     num_kv_blocks):
     """A 16-token window over prompts of up to ~230 tokens: prefilled in 32-token chunks, in a pool too
-    small for all nine sequences (preemption), then again with every prompt's blocks in the prefix cache."""
+    small for all nine sequences (preemption), then again with every prompt's blocks in the prefix cache.
+    The sliding layers give back the blocks behind their window as they go, so Mistral's pool (every layer
+    slides) is smaller than one whole prompt. Gemma 3's two layers are two KV cache groups of one layer
+    each: its global layer keeps every block."""
     folder = tiny_model_factory(arch)
-    llm = LLM(str(folder), dtype="float32", num_kv_blocks=24, max_model_len=384, max_num_batched_tokens=32)
+    llm = LLM(str(folder), dtype="float32", num_kv_blocks=num_kv_blocks, max_model_len=384,
+              max_num_batched_tokens=32)
     prompt_ids = _prompt_ids(llm)
     refs = _references(folder, prompt_ids)
     _check(_ours(llm, prompt_ids), refs, f"{arch} chunked, preempted")

@@ -29,15 +29,17 @@ def greedy(model: str, tp: int, **kwargs) -> tuple[list[list[int]], int]:
         llm.shutdown()
 
 
-@pytest.mark.parametrize("which", ["default", "qwen3", "gemma3", "phi3"])
-def test_two_ranks_give_one_ranks_greedy_tokens_with_preemption_and_chunked_prefill(which, default_model,
+@pytest.mark.parametrize(("which", "num_kv_blocks"), [("default", 8), ("qwen3", 8), ("gemma3", 14), ("phi3", 5)])
+def test_two_ranks_give_one_ranks_greedy_tokens_with_preemption_and_chunked_prefill(which, num_kv_blocks,
+                                                                                      default_model,
                                                                                       tiny_model_factory):
     """The default model splits its 3 KV heads 2 + 1 and its 9 query heads 6 + 3; the tiny Qwen3 its 2 KV heads
     1 + 1 (with q/k norms); the tiny Gemma 3 and Phi-3 slide a 16-token window over their 40-token sequences
-    (Phi-3 from fused checkpoint projections cut per rank). A pool of 8 blocks of 8 tokens preempts, an
-    8-token budget chunks every prompt."""
-    model = str(default_model if which == "default" else tiny_model_factory("qwen3"))
-    tight = dict(max_model_len=64, block_size=8, num_kv_blocks=8, max_num_batched_tokens=8)
+    (Phi-3 from fused checkpoint projections cut per rank). A pool of a few blocks of 8 tokens preempts
+    (Gemma 3's hold one of its two layers each, Phi-3's sliding layers give back blocks behind the window),
+    an 8-token budget chunks every prompt."""
+    model = str(default_model if which == "default" else tiny_model_factory(which))
+    tight = dict(max_model_len=64, block_size=8, num_kv_blocks=num_kv_blocks, max_num_batched_tokens=8)
     want, _ = greedy(model, 1, max_model_len=64)
     got, preemptions = greedy(model, 2, **tight)
     assert got == want and preemptions > 0

@@ -81,7 +81,7 @@ def test_long_prompt_is_prefilled_in_budget_sized_chunks():
     prompt = req.prompt_token_ids
     assert [c.token_ids for c in chunks] == [prompt[0:8], prompt[8:16], prompt[16:20]]
     for c in chunks:
-        assert len(c.block_table) * 4 >= c.seq_len
+        assert len(c.block_tables[0]) * 4 >= c.seq_len
     # Only the last chunk produced a token.
     assert req.output_token_ids == [7]
     assert req.num_computed_tokens == 20
@@ -182,7 +182,7 @@ def test_newest_running_request_is_preempted_and_recomputed_with_its_outputs():
     assert items["c"].start_pos == 0
     assert items["c"].token_ids == c.prompt_token_ids + [3]
     assert items["c"].sample
-    assert len(items["c"].block_table) * 4 >= 9
+    assert len(items["c"].block_tables[0]) * 4 >= 9
     assert c.status is RequestStatus.RUNNING
     assert c.output_token_ids == [3, 3]
     assert c.num_computed_tokens == 9
@@ -497,7 +497,7 @@ def test_fork_shares_full_prompt_blocks_copies_the_partial_one_and_frees_all():
     (item,) = out.scheduled
     assert item.num_samples == 3 and item.num_tokens == 10
     parent_table = bm.block_table("a")
-    assert parent_table == item.block_table and len(parent_table) == 3
+    assert parent_table == item.block_tables[0] and len(parent_table) == 3
     assert [c.request_id for c in update.forked] == ["a#1", "a#2"]
     c1, c2 = update.forked
     assert (a.output_token_ids, c1.output_token_ids, c2.output_token_ids) == ([5], [6], [7])
@@ -536,7 +536,7 @@ def test_fork_of_a_block_aligned_prompt_copies_nothing():
     out, update = fork_step(sched, {"a": [5, 6]})
     assert update.block_copies == []
     bm = sched.block_manager
-    assert bm.block_table("a#1") == bm.block_table("a") == out.scheduled[0].block_table
+    assert bm.block_table("a#1") == bm.block_table("a") == out.scheduled[0].block_tables[0]
     assert sched.block_manager.num_used_blocks == 2
 
 
@@ -677,7 +677,7 @@ def test_same_three_block_prompt_reuses_two_blocks_and_is_scheduled_from_there()
     # Two of the three blocks come from the cache; the last is recomputed for its logits.
     assert b.num_cached_tokens == 8
     assert (item.start_pos, item.token_ids, item.num_samples) == (8, b.prompt_token_ids[8:], 1)
-    assert item.block_table[:2] == a_table[:2] and item.block_table[2] not in a_table
+    assert item.block_tables[0][:2] == a_table[:2] and item.block_tables[0][2] not in a_table
     assert [bm.pool.blocks[i].ref_count for i in a_table] == [2, 2, 1]  # a still runs: shared
     assert b.num_computed_tokens == 12 and b.output_token_ids == [1]
 
@@ -704,7 +704,7 @@ def test_freed_request_blocks_stay_cached_and_are_revived():
     sched.add(a)
     out, finished = step(sched)
     assert finished == [a]
-    a_table = out.scheduled[0].block_table  # 2 full blocks and a partial one
+    a_table = out.scheduled[0].block_tables[0]  # 2 full blocks and a partial one
     assert bm.num_used_blocks == 0 and bm.num_free_blocks == 16
     assert pool.num_cached_blocks == 2
     for index, block_id in enumerate(a_table[:2]):
@@ -718,7 +718,7 @@ def test_freed_request_blocks_stay_cached_and_are_revived():
     out = sched.schedule()
     (item,) = out.scheduled
     assert (item.start_pos, item.token_ids) == (8, b.prompt_token_ids[8:])
-    assert item.block_table[:2] == a_table[:2]
+    assert item.block_tables[0][:2] == a_table[:2]
     for block_id in a_table[:2]:  # revived: one holder, out of the free queue
         assert pool.blocks[block_id].ref_count == 1 and not pool.is_free(pool.blocks[block_id])
     assert bm.num_free_blocks == 16 - 3 and pool.num_evictions == 0
@@ -762,13 +762,13 @@ def test_scheduler_evicts_the_earlier_finished_requests_blocks_first():
         sched.add(r)
         out, finished = step(sched)
         assert finished == [r]
-        tables[r.request_id] = out.scheduled[0].block_table
+        tables[r.request_id] = out.scheduled[0].block_tables[0]
     assert pool.num_cached_blocks == 4
     content = {rid: [(pool.blocks[i].block_hash, pool.blocks[i].token_ids) for i in tables[rid][:2]] for rid in "ab"}
 
     sched.add(make_request("c", 20, max_tokens=1, first_token=300))  # 5 blocks: 2 never used, then a's 3
     out, _ = step(sched)
-    assert out.scheduled[0].block_table == [6, 7, *tables["a"][::-1]]
+    assert out.scheduled[0].block_tables[0] == [6, 7, *tables["a"][::-1]]
     assert pool.num_evictions == 2  # a's two cached blocks (its third one was partial)
     cached_now = {(b.block_hash, b.token_ids) for b in pool.blocks if b.block_hash is not None}
     assert not set(content["a"]) & cached_now
@@ -777,7 +777,7 @@ def test_scheduler_evicts_the_earlier_finished_requests_blocks_first():
     d = make_request("d", 9, first_token=200)  # b's prompt: still cached
     sched.add(d)
     out, _ = step(sched)
-    assert d.num_cached_tokens == 8 and by_id(out)["d"].block_table[:2] == tables["b"][:2]
+    assert d.num_cached_tokens == 8 and by_id(out)["d"].block_tables[0][:2] == tables["b"][:2]
 
 
 def test_block_whose_hash_matches_but_tokens_differ_is_not_used():
@@ -836,7 +836,7 @@ def test_preempted_request_hits_its_own_cached_blocks_when_rescheduled():
     item = by_id(out)["c"]
     # Only the generated token is recomputed: the prompt's K/V are its own cached blocks.
     assert (item.start_pos, item.token_ids, item.num_samples) == (8, [3], 1)
-    assert item.block_table[:2] == c_table
+    assert item.block_tables[0][:2] == c_table
     assert c.num_cached_tokens == 0  # first admission found nothing; set once
     assert c.output_token_ids == [3, 4] and c.num_preemptions == 1
     assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (10 + 8 + 9, 8)
@@ -851,7 +851,7 @@ def test_admission_that_fails_after_a_hit_gives_the_blocks_back_and_retries():
     sched.add(b)
     out, finished = step(sched)
     assert finished == [a]
-    a_table = by_id(out)["a"].block_table  # free, cached
+    a_table = by_id(out)["a"].block_tables[0]  # free, cached
     c = Request("c", a.prompt_token_ids + list(range(300, 308)), StopConditions(max_tokens=5))
     sched.add(c)
 
@@ -866,7 +866,7 @@ def test_admission_that_fails_after_a_hit_gives_the_blocks_back_and_retries():
     out, _ = step(sched)
     item = by_id(out)["c"]
     assert (item.start_pos, item.token_ids) == (8, c.prompt_token_ids[8:])
-    assert item.block_table[:2] == a_table and c.num_cached_tokens == 8
+    assert item.block_tables[0][:2] == a_table and c.num_cached_tokens == 8
     assert (sched.prefix_cache_queries, sched.prefix_cache_hits) == (8 + 7 + 16, 8)
 
 

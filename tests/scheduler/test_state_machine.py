@@ -132,10 +132,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
         original_take_cached = pool.take_cached
 
-        def take_cached(block_hash: bytes, token_ids: tuple[int, ...]):
+        def take_cached(block_hash: bytes, token_ids: tuple[int, ...], group: int = 0):
             owner = next((b for b in pool.blocks if b.block_hash == block_hash), None)
             ref_before = owner.ref_count if owner is not None else None
-            block = original_take_cached(block_hash, token_ids)
+            block = original_take_cached(block_hash, token_ids, group)
             if owner is None or owner.token_ids != tuple(token_ids):
                 assert block is None, "take_cached served a block whose tokens differ"
             else:
@@ -202,7 +202,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         bs = self.config.block_size
         for item in out.scheduled:
             pids = self._prefix_id_list(item.request_id)
-            table = item.block_table
+            table = item.block_tables[0]
             # The context (positions before start_pos) holds exactly this request's prefixes.
             for index in range(cdiv(item.start_pos, bs)):
                 upto = min(bs, item.start_pos - index * bs)
@@ -315,16 +315,16 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert item.sample == (item.seq_len == request.num_tokens)
             full = request.prompt_token_ids + request.output_token_ids
             assert item.token_ids == full[item.start_pos : item.seq_len]
-            assert len(item.block_table) * cfg.block_size >= item.seq_len, (
-                f"{item.request_id}: table {item.block_table} does not cover {item.seq_len} tokens"
+            assert len(item.block_tables[0]) * cfg.block_size >= item.seq_len, (
+                f"{item.request_id}: table {item.block_tables[0]} does not cover {item.seq_len} tokens"
             )
-            assert item.block_table == self.scheduler.block_manager.block_table(item.request_id)
+            assert item.block_tables[0] == self.scheduler.block_manager.block_table(item.request_id)
 
         # Block tables of the requests running in this step are disjoint, except for the full
         # prompt blocks a fork family shares and the cached blocks found by prefix hits.
         seen: dict[int, list[str]] = {}
         for item in out.scheduled:
-            for block_id in item.block_table:
+            for block_id in item.block_tables[0]:
                 seen.setdefault(block_id, []).append(item.request_id)
         for block_id, holders in seen.items():
             if len(holders) > 1:
@@ -550,9 +550,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert parent.fork_ids == [], "a parent forks once"
             self.pending_forks.pop(parent_id, None)
             if parent_id not in finished_ids:
-                assert bm.block_table(parent_id) == item.block_table, "forking changed the parent's table"
+                assert bm.block_table(parent_id) == item.block_tables[0], "forking changed the parent's table"
             family = frozenset([parent_id, *fork_ids])
-            for block_id in item.block_table[:num_full]:
+            for block_id in item.block_tables[0][:num_full]:
                 self.shared_holders[block_id] = family
             for index, child_id in enumerate(fork_ids, start=1):
                 child = children_by_id[child_id]
@@ -572,17 +572,17 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert child_id not in tables
                 if partial:
                     src, dst = next(copy_iter)
-                    assert src == item.block_table[num_full], "the copy's source is not the parent's partial block"
-                    assert dst not in item.block_table
+                    assert src == item.block_tables[0][num_full], "the copy's source is not the parent's partial block"
+                    assert dst not in item.block_tables[0]
                     holders = [rid for rid, table in tables.items() if dst in table]
                     if child_id in finished_ids:
                         assert holders == []
                     else:
                         assert holders == [child_id], f"copy destination {dst} held by {holders}"
-                        assert tables[child_id] == item.block_table[:num_full] + [dst]
+                        assert tables[child_id] == item.block_tables[0][:num_full] + [dst]
                     event("fork copied a partial block")
                 elif child_id not in finished_ids:
-                    assert tables[child_id] == item.block_table[:num_full]
+                    assert tables[child_id] == item.block_tables[0][:num_full]
                     event("fork of a block-aligned prompt")
 
     # ------------------------------------------------------------------ rules

@@ -89,6 +89,10 @@ class MLP(nn.Module):
         return self.tp.all_reduce(self.down_proj(self.act_and_mul(self.gate_up_proj(x))))
 
 
+# one layer's K and V cache and the KV cache group whose block tables address them
+LayerKV = tuple[torch.Tensor, torch.Tensor, int]
+
+
 @dataclass
 class Step:
     """What every layer reads of the step: positions, the rotary table and the attention metadata."""
@@ -138,10 +142,11 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(spec, index, ops) for index in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops, spec.norm_offset)
 
-    def forward(self, input_ids: torch.Tensor, step: Step, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
+    def forward(self, input_ids: torch.Tensor, steps: list[Step], kv_caches: list[LayerKV]):
+        """``steps``: the step as each KV cache group's layers see it (their block tables)."""
         hidden, residual = self.embed_tokens(input_ids), None
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(hidden, residual, step, kv_cache)
+        for layer, (k_cache, v_cache, group) in zip(self.layers, kv_caches):
+            hidden, residual = layer(hidden, residual, steps[group], (k_cache, v_cache))
         return self.norm(hidden, residual)[0]
 
 
@@ -177,11 +182,13 @@ class DecoderForCausalLM(nn.Module):
         self.local_cos_sin_cache = self.cos_sin_cache if not spec.local_rope_layers else build_cos_sin_cache(
             hf_config, spec.head_dim, spec.max_position, LOCAL_LAYERS).to(device)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionMetadata | DecodeMetadata,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Hidden states ``[num_tokens, hidden]`` after the final norm, for every token of the step."""
-        step = Step(positions, self.cos_sin_cache, attention, self.local_cos_sin_cache)
-        return self.model(input_ids, step, kv_caches)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                attention: tuple[AttentionMetadata, ...] | tuple[DecodeMetadata, ...],
+                kv_caches: list[LayerKV]) -> torch.Tensor:
+        """Hidden states ``[num_tokens, hidden]`` after the final norm, for every token of the step.
+        ``attention``: per KV cache group; ``kv_caches``: per layer, its cache and its group."""
+        steps = [Step(positions, self.cos_sin_cache, meta, self.local_cos_sin_cache) for meta in attention]
+        return self.model(input_ids, steps, kv_caches)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 ``[rows, vocab]`` (every rank gets all of them); Gemma 2 caps them with tanh."""

@@ -32,7 +32,9 @@ def default_model() -> Path:
 
 def _tiny_config(arch: str, vocab_size: int, initializer_range: float):
     """A two-layer config of ``arch``; ``-window`` variants slide a 16-token window over the prompts (on
-    both layers for Mistral and Phi-3, on the second for Qwen2; Gemma's first layer slides anyway)."""
+    both layers for Mistral and Phi-3, on the second for Qwen2; Gemma's first layer slides anyway).
+    ``phi3-longrope`` was "pretrained" on 512 tokens (the parity prompts fit) and extended to 4096: served
+    at 512 tokens or less, the engine takes the short factors, as transformers does there."""
     from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
                               Qwen3Config)
 
@@ -60,6 +62,13 @@ def _tiny_config(arch: str, vocab_size: int, initializer_range: float):
                                 rope_theta=1e6, rope_local_base_freq=1e4, architectures=["Gemma3ForCausalLM"])
     if arch == "phi3":
         return Phi3Config(**common, sliding_window=16, partial_rotary_factor=0.5, architectures=["Phi3ForCausalLM"])
+    if arch == "phi3-longrope":  # Phi-3.5 / Phi-4-mini: LongRoPE over 3/4 of each head, tied embeddings
+        factors = torch.Generator().manual_seed(1)
+        scaling = {"rope_type": "longrope", "short_factor": (1 + torch.rand(6, generator=factors)).tolist(),
+                   "long_factor": (1 + 7 * torch.rand(6, generator=factors)).tolist()}
+        return Phi3Config(**{**common, "max_position_embeddings": 4096, "tie_word_embeddings": True},
+                          original_max_position_embeddings=512, partial_rotary_factor=0.75,
+                          rope_scaling=scaling, architectures=["Phi3ForCausalLM"])
     raise ValueError(arch)
 
 

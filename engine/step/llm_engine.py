@@ -15,6 +15,7 @@ import torch
 
 from engine.config import EngineConfig, RuntimeInfo
 from engine.kernels import kernel_set, resolve_kernels
+from engine.model.layers.rotary import SERVED_CONTEXT
 from engine.model.loader import load_hf_config, resolve_model
 from engine.model.loader.resolve import cache_dir
 from engine.model.parallel import TensorParallel
@@ -72,6 +73,7 @@ class LLMEngine:
         device = config.resolve_device()
         dtype = config.resolve_dtype(device, getattr(hf_config, "dtype", None))
         max_model_len = _max_model_len(config, hf_config)
+        setattr(hf_config, SERVED_CONTEXT, max_model_len)  # LongRoPE's factors follow it (layers/rotary.py)
         started = time.monotonic()
         self.tokenizer = load_tokenizer(source, config.chat_template)
         self.runner = self._build_runner(source, hf_config, device, dtype)

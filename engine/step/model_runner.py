@@ -11,6 +11,7 @@ import torch
 from engine.kernels import KernelSet
 from engine.model.architectures.registry import build_model
 from engine.model.forward_batch import AttentionPlanner, ForwardBatch, SampledRows
+from engine.model.layers.rotary import longrope_uses_long_factors
 from engine.model.loader import ModelSource, iter_weights
 from engine.model.loader.resolve import cache_dir
 from engine.model.loader.snapshot import checkpoint_identity, converted_model
@@ -70,6 +71,8 @@ class ModelRunner:
         # unpacking and repacking low-bit blocks takes seconds to minutes; a small model's, milliseconds
         if converts and sum(f.stat().st_size for f in files) >= SNAPSHOT_MIN_BYTES:
             settings = [str(dtype), ops.name, repr(quant), f"low_bit={low_bit}", f"dequantize={dequantize}"]
+            long_rope = longrope_uses_long_factors(hf_config, hf_config.max_position_embeddings)
+            settings += [] if long_rope is None else [f"longrope_long={long_rope}"]  # the snapshot holds the table
             self.model = converted_model(cache_dir() / "converted", [*checkpoint_identity(files), *settings], load)
         else:
             self.model = load()

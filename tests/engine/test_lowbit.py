@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from engine.kernels.quant_pack import pack_awq, pack_gptq, unpack_layer
-from engine.model.loader.gguf import _int4_groups, _int8_groups, _q4_k_groups, _q5_0_groups, _q6_k_groups
+from engine.model.loader.gguf import (
+    _int4_groups,
+    _int8_groups,
+    _q4_k_groups,
+    _q5_0_groups,
+    _q5_1_groups,
+    _q5_k_groups,
+    _q6_k_groups,
+)
 from engine.model.quant.lowbit import (
     Int4Groups,
     Int4Matmul,
@@ -17,6 +25,7 @@ from engine.model.quant.lowbit import (
     concat_groups,
     cpu_int4_available,
     int4_groups_from_packed,
+    take_groups,
 )
 
 needs_int4 = pytest.mark.skipif(not cpu_int4_available(), reason="this torch has no CPU int4 matmul")
@@ -28,7 +37,12 @@ def _close_to(got: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
     torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2 * float(expected.abs().mean()))
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+_QUANTIZABLE_DECODERS = {"Q4_0": lambda raw: _int4_groups(raw, with_min=False),
+                         "Q4_1": lambda raw: _int4_groups(raw, with_min=True), "Q5_1": _q5_1_groups,
+                         "Q8_0": _int8_groups}
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_1", "Q8_0"])
 def test_gguf_blocks_decode_to_what_gguf_py_dequantizes(kind):
     import gguf
 
@@ -36,17 +50,18 @@ def test_gguf_blocks_decode_to_what_gguf_py_dequantizes(kind):
     weight = np.random.default_rng(0).standard_normal((48, 128)).astype(np.float32)
     blocks = gguf.quants.quantize(weight, qtype)  # [rows, bytes]
     expected = torch.from_numpy(gguf.quants.dequantize(blocks, qtype))
-    raw = torch.from_numpy(blocks.copy())
-    groups = _int8_groups(raw) if kind == "Q8_0" else _int4_groups(raw, with_min=kind == "Q4_1")
+    groups = _QUANTIZABLE_DECODERS[kind](torch.from_numpy(blocks.copy()))
     assert groups.group_size == 32 and groups.shape == (48, 128)
     torch.testing.assert_close(groups.dequantize(), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("kind", "decode", "group_size", "fp16_fields"), [
-    ("Q4_K", _q4_k_groups, 32, (0, 2)), ("Q5_0", _q5_0_groups, 32, (0,)), ("Q6_K", _q6_k_groups, 16, (208,))])
+    ("Q4_K", _q4_k_groups, 32, (0, 2)), ("Q5_0", _q5_0_groups, 32, (0,)), ("Q5_1", _q5_1_groups, 32, (0, 2)),
+    ("Q5_K", _q5_k_groups, 32, (0, 2)), ("Q6_K", _q6_k_groups, 16, (208,))])
 def test_k_quant_and_5_bit_blocks_decode_to_what_gguf_py_dequantizes(kind, decode, group_size, fp16_fields):
-    """gguf-py cannot write these, so the blocks are random bytes (every bit pattern is a valid block)
-    with sane fp16 scales at the byte offsets ``fp16_fields``."""
+    """gguf-py cannot write these (Q5_1 it can, above: here every bit pattern of its codes too), so the
+    blocks are random bytes (every bit pattern is a valid block) with sane fp16 scales at the byte offsets
+    ``fp16_fields``."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType[kind]
@@ -96,12 +111,43 @@ def test_int8_matmul_equals_its_dequantized_weight():
     _close_to(Int8Matmul.from_groups(groups)(x), x, groups.dequantize())
 
 
+@pytest.mark.parametrize(("kind", "decode"), [("Q5_1", _q5_1_groups), ("Q5_K", _q5_k_groups)])
+def test_affine_5_bit_blocks_on_the_int8_kernel(kind, decode):
+    """Q5_1/Q5_K's offsets (``zeros``) give gguf-py's values bit for bit and survive rows, shards and the
+    per-row requantization for the kernel."""
+    import gguf
+
+    elements, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, 256, size=(64, 512 // elements, size), dtype=np.uint8)
+    blocks[..., 0:4] = (rng.standard_normal((64, 512 // elements, 2)) * 0.01).astype(np.float16).view(np.uint8)
+    blocks = blocks.reshape(64, -1)
+    groups = decode(torch.from_numpy(blocks))
+    assert groups.zeros is not None and groups.zeros.shape == groups.scales.shape
+    weight = groups.dequantize()
+    assert torch.equal(weight, torch.from_numpy(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[kind])))
+    index = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(groups.rows(index).dequantize(), weight[index], rtol=0, atol=0)
+    torch.testing.assert_close(take_groups(groups, 1, 64, 128).dequantize(), weight[:, 64:192], rtol=0, atol=0)
+    torch.testing.assert_close(take_groups(groups, 0, 8, 16).dequantize(), weight[8:24], rtol=0, atol=0)
+    matmul = Int8Matmul.from_groups(groups)
+    held = matmul.codes.float() * matmul.scales.float()[:, None]  # random blocks' rows span wide ranges:
+    step = weight.abs().amax(dim=1, keepdim=True) / 127  # the per-row requantization is within a step
+    assert bool(((held - weight).abs() <= step).all())
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    _close_to(matmul(x), x, held)
+
+
 def test_fused_shards_concatenate_and_mixed_kinds_do_not():
     a, b = _int4_groups_random(8, 64, 32, 0), _int4_groups_random(4, 64, 32, 1)
     joined = concat_groups([a, b])
     torch.testing.assert_close(joined.dequantize(), torch.cat((a.dequantize(), b.dequantize())))
     eight = Int8Groups(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, 2))
     assert concat_groups([a, eight]) is None
+    offset = Int8Groups(torch.ones(2, 64, dtype=torch.int8), torch.ones(2, 2), torch.full((2, 2), -0.5))
+    mixed = concat_groups([eight, offset])  # a plain shard beside an offset one (Q8_0 v beside Q5_K q/k)
+    torch.testing.assert_close(mixed.dequantize(), torch.cat((eight.dequantize(), offset.dequantize())))
+    assert concat_groups([eight, eight]).zeros is None
     assert concat_groups([a, _int4_groups_random(4, 64, 64)]) is None
 
 

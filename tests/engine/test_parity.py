@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from parity import assert_greedy_match, hf_greedy
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from engine import LLM, SamplingParams
 
@@ -73,13 +73,16 @@ def test_default_model_matches_under_preemption_and_chunking(default_model, defa
     assert small.engine.scheduler.block_manager.num_used_blocks == 0
 
 
-ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mistral-window", "qwen2-window"]
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi3-longrope", "mistral-window",
+                 "qwen2-window"]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_tiny_random_model_matches_transformers(tiny_model_factory, arch):
     folder = tiny_model_factory(arch)
-    llm = LLM(str(folder), dtype="float32")
+    # LongRoPE served within its original context takes the short factors, as transformers does for these prompts
+    served = AutoConfig.from_pretrained(folder).original_max_position_embeddings if arch == "phi3-longrope" else None
+    llm = LLM(str(folder), dtype="float32", max_model_len=served)
     prompt_ids = _prompt_ids(llm)
     _check(_ours(llm, prompt_ids), _references(folder, prompt_ids), arch)
 

@@ -5,8 +5,9 @@ Each layer owns its forward (norms and the residual stream inside it); the model
 layers. Projections are fused (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so a layer
 runs two matmuls where Hugging Face runs five; ``load_weights`` maps HF names onto them.
 
-Under tensor parallelism (engine/model/parallel.py) each rank builds the layers at its share's size and
-``load_weights`` cuts each checkpoint tensor to that share as it arrives.
+Under tensor parallelism (engine/model/parallel.py) each rank builds the layers at its share's size:
+each linear layer and the embedding carry their ``LinearShards`` (engine/model/layers/linear.py) and
+cut each checkpoint tensor to that share as ``load_weights`` hands it to them.
 """
 
 from __future__ import annotations
@@ -21,25 +22,33 @@ from engine.kernels import KernelSet
 from engine.model.forward_batch import AttentionMetadata, DecodeMetadata
 from engine.model.layers.attention import paged_attention
 from engine.model.layers.embedding import VocabEmbedding
-from engine.model.layers.linear import Linear
+from engine.model.layers.linear import Linear, LinearShards
 from engine.model.layers.norm import RMSNorm
 from engine.model.layers.rotary import LOCAL_LAYERS, build_cos_sin_cache
 from engine.model.parallel import Shard, TensorParallel
 from engine.model.quant.format import QuantFormat
 from engine.model.quant.linear import QuantLinear
-from engine.model.quant.lowbit import LowBitGroups, take_groups
+from engine.model.quant.lowbit import LowBitGroups
 
 from .spec import ArchitectureFlags, DecoderSpec
 
 
-def make_linear(spec: DecoderSpec, in_features: int, output_sizes: tuple[int, ...], bias: bool,
-                hf_prefix: str, ops: KernelSet, whole: tuple[int, tuple[int, ...]]) -> nn.Module:
-    """A dense (maybe low-bit backed) linear layer of this rank's sizes, or a packed one where an AWQ/GPTQ
-    checkpoint quantized it: built ``whole`` (inputs, output sizes of the unsharded layer), loaded whole,
-    then cut to the rank's share (``QuantLinear.keep_share``), so packed words and groups stay intact."""
+def make_linear(spec: DecoderSpec, shards: LinearShards, bias: bool, hf_prefix: str, ops: KernelSet) -> nn.Module:
+    """A dense (maybe low-bit backed) linear layer of this rank's share, or a packed one where an AWQ/GPTQ
+    checkpoint quantized it (loaded whole, then cut to the share, so packed words and groups stay intact)."""
     if spec.quant is not None and spec.quant.is_quantized(hf_prefix):
-        return QuantLinear(whole[0], sum(whole[1]), bias, spec.quant, ops)
-    return Linear(in_features, sum(output_sizes), bias, output_sizes)
+        return QuantLinear(shards, bias, spec.quant, ops)
+    return Linear(shards, bias)
+
+
+def qkv_shards(spec: DecoderSpec) -> LinearShards:
+    """q/k/v split by KV heads: the rank's KV heads and the query heads that read them."""
+    kv, head_dim = spec.kv_shard, spec.head_dim
+    group = spec.num_heads // spec.num_kv_heads
+    q_rows = Shard(kv.start * group * head_dim, kv.size * group * head_dim)
+    kv_rows = Shard(kv.start * head_dim, kv.size * head_dim)
+    whole_q, whole_kv = spec.num_heads * head_dim, spec.num_kv_heads * head_dim
+    return LinearShards.column(spec.hidden_size, (whole_q, whole_kv, whole_kv), (q_rows, kv_rows, kv_rows))
 
 
 class Attention(nn.Module):
@@ -50,11 +59,10 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = spec.local_heads, spec.local_kv_heads, spec.head_dim
         self.q_size = self.num_heads * spec.head_dim
         self.kv_size = self.num_kv_heads * spec.head_dim
-        whole_q, whole_kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-        self.qkv_proj = make_linear(spec, spec.hidden_size, (self.q_size, self.kv_size, self.kv_size), spec.qkv_bias,
-                                    f"{prefix}.q_proj", ops, (spec.hidden_size, (whole_q, whole_kv, whole_kv)))
-        self.o_proj = make_linear(spec, self.q_size, (spec.hidden_size,), False, f"{prefix}.o_proj", ops,
-                                  (whole_q, (spec.hidden_size,)))
+        qkv = qkv_shards(spec)
+        self.qkv_proj = make_linear(spec, qkv, spec.qkv_bias, f"{prefix}.q_proj", ops)
+        o_proj = LinearShards.row(qkv.part_rows[0], qkv.part_sizes[0], spec.hidden_size)
+        self.o_proj = make_linear(spec, o_proj, False, f"{prefix}.o_proj", ops)
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops, spec.norm_offset) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, ops, spec.norm_offset) if spec.qk_norm else None
         self.scale = spec.attention_scale or spec.head_dim**-0.5
@@ -78,11 +86,11 @@ class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, prefix: str, ops: KernelSet) -> None:
         super().__init__()
         self.act_and_mul = ops.gelu_tanh_and_mul if spec.gemma else ops.silu_and_mul
-        intermediate, whole = spec.tp.intermediate(spec.intermediate_size).size, spec.intermediate_size
-        self.gate_up_proj = make_linear(spec, spec.hidden_size, (intermediate,) * 2, False, f"{prefix}.gate_proj", ops,
-                                        (spec.hidden_size, (whole, whole)))
-        self.down_proj = make_linear(spec, intermediate, (spec.hidden_size,), False, f"{prefix}.down_proj", ops,
-                                     (whole, (spec.hidden_size,)))
+        rows, whole = spec.tp.intermediate(spec.intermediate_size), spec.intermediate_size
+        gate_up = LinearShards.column(spec.hidden_size, (whole, whole), (rows, rows))
+        self.gate_up_proj = make_linear(spec, gate_up, False, f"{prefix}.gate_proj", ops)
+        self.down_proj = make_linear(spec, LinearShards.row(rows, whole, spec.hidden_size), False,
+                                     f"{prefix}.down_proj", ops)
         self.tp = spec.tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,8 +158,6 @@ class DecoderModel(nn.Module):
         return self.norm(hidden, residual)[0]
 
 
-# checkpoint projections stored fused (Phi-3) -> their parts' names, in order
-_FUSED_IN_CHECKPOINT = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 # HF checkpoint name -> (our fused parameter, shard index among its parts)
 _STACKED = {
     "q_proj": ("qkv_proj", 0),
@@ -170,7 +176,7 @@ class DecoderForCausalLM(nn.Module):
         self.spec = spec = DecoderSpec.from_hf_config(hf_config, flags, quant, tp)
         self.model = DecoderModel(spec, ops)
         # tied: the lm_head shares the embedding's dense weight (set by load_weights) and gets its own low-bit kernel
-        self.lm_head = Linear(spec.hidden_size, tp.vocab(spec.vocab_size).size)
+        self.lm_head = Linear(self.model.embed_tokens.shards)
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
         self.register_buffer("local_cos_sin_cache", torch.empty(0), persistent=False)
 
@@ -198,7 +204,8 @@ class DecoderForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]], low_bit: bool = False,
                      unpack_quantized: bool = False) -> None:
-        """Copy HF-named tensors into our (partly fused, maybe packed) tensors; fail on anything missing or unknown.
+        """Load HF-named tensors into our (partly fused, maybe packed) layers, each cutting its rank's share;
+        fail on anything missing or unknown.
 
         ``low_bit``: keep checkpoint low-bit weights in CPU kernels beside their dense copy (bf16 on CPU).
         ``unpack_quantized``: turn AWQ/GPTQ packed layers into dense ones (the CPU has no packed kernel).
@@ -210,23 +217,23 @@ class DecoderForCausalLM(nn.Module):
         tensors = dict(self.named_parameters(remove_duplicate=False))
         tensors.update((n, b) for n, b in self.named_buffers() if not n.endswith("cos_sin_cache"))
         loaded: set[str] = set()
-        for name, tensor in _split_fused(self.spec, weights):
+        for name, tensor in weights:
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue
             targets = [name, "lm_head.weight"] if tied and name == "model.embed_tokens.weight" else [name]
-            tensor = _rank_share(self.spec, name, tensor)
             for hf_name in targets:
-                target, shard = _fused_name(hf_name)
+                target, part = _fused_name(hf_name)
                 if target not in tensors:
                     raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
-                self._load_one(modules, tensors, target, shard, tensor, name, target in loaded)
+                try:
+                    self._load_one(modules, tensors, target, part, tensor)
+                except ValueError as error:
+                    raise ValueError(f"checkpoint tensor {name!r}: {error}") from None
                 loaded.add(target)
         for module_name, module in list(modules.items()):
             if isinstance(module, QuantLinear):
-                module.finalize(has_g_idx=f"{module_name}.g_idx" in loaded)
+                module.finalize()
                 loaded.add(f"{module_name}.g_idx")
-                if self.spec.tp.enabled:
-                    module.keep_share(*_packed_share(self.spec, module_name))
                 if unpack_quantized:
                     self.set_submodule(module_name, module.to_linear(low_bit))
             elif isinstance(module, Linear):
@@ -235,111 +242,32 @@ class DecoderForCausalLM(nn.Module):
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
 
-    def _load_one(self, modules: dict, tensors: dict, target: str, shard: int | None, tensor, name: str,
-                  seen: bool) -> None:
+    @staticmethod
+    def _load_one(modules: dict, tensors: dict, target: str, part: int | None, tensor) -> None:
         module_name, tensor_name = target.rsplit(".", 1)
         module = modules[module_name]
-        if isinstance(module, Linear):
-            module.load(tensor_name, tensor, shard or 0)
-            return
-        if not isinstance(tensor, torch.Tensor):
-            tensor = tensor.dequantize()
-        if isinstance(module, RMSNorm) and module.offset:
-            tensor = tensor.float() + module.offset
-        destination = tensors[target].data
-        if isinstance(module, QuantLinear) and shard is not None:
-            sizes = _shard_sizes(self.spec, target)
-            destination = module.shard(tensor_name, sum(sizes[:shard]), sizes[shard])
-            if destination is None:  # g_idx: the fused parts share one input, so one g_idx
-                destination = tensors[target].data
-                if seen and not torch.equal(destination, tensor.to(destination.dtype)):
-                    raise ValueError(f"checkpoint tensor {name!r} differs from its fused siblings' g_idx")
-        _copy_checked(destination, tensor, name)
-
-
-def _rank_share(spec: DecoderSpec, name: str, tensor: torch.Tensor | LowBitGroups):
-    """The part of a checkpoint tensor this tensor-parallel rank holds (all of it without tensor parallelism):
-    output rows of the column-parallel layers, input columns of the row-parallel ones, vocabulary rows."""
-    tp = spec.tp
-    packed = spec.quant is not None and "_proj." in name and spec.quant.is_quantized(name.rsplit(".", 1)[0])
-    if not tp.enabled or packed or not name.endswith((".weight", ".bias")):  # a packed layer is loaded whole
-        return tensor
-    kv, head_dim = spec.kv_shard, spec.head_dim
-    group = spec.num_heads // spec.num_kv_heads
-    if ".q_proj." in name:
-        return _take(tensor, 0, Shard(kv.start * group * head_dim, kv.size * group * head_dim))
-    if ".k_proj." in name or ".v_proj." in name:
-        return _take(tensor, 0, Shard(kv.start * head_dim, kv.size * head_dim))
-    if ".o_proj." in name:
-        return _take(tensor, 1, Shard(kv.start * group * head_dim, kv.size * group * head_dim))
-    if ".gate_proj." in name or ".up_proj." in name:
-        return _take(tensor, 0, tp.intermediate(spec.intermediate_size))
-    if ".down_proj." in name:
-        return _take(tensor, 1, tp.intermediate(spec.intermediate_size))
-    if name in ("model.embed_tokens.weight", "lm_head.weight"):
-        rows = tp.vocab(spec.vocab_size)
-        if not isinstance(tensor, torch.Tensor):
-            tensor = tensor.dequantize()
-        part = tensor[rows.start : rows.start + rows.size]
-        return torch.cat((part, part.new_zeros(rows.size - part.shape[0], *part.shape[1:])))  # the padding rows
-    return tensor
-
-
-def _split_fused(spec: DecoderSpec, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]]):
-    """The checkpoint's tensors, a fused q/k/v or gate/up projection cut into its parts' names, so each
-    part is sharded and loaded as the unfused checkpoints' are."""
-    for name, tensor in weights:
-        fused = next((f for f in _FUSED_IN_CHECKPOINT if f".{f}." in name), None)
-        if fused is None:
-            yield name, tensor
-            continue
-        if spec.quant is not None and spec.quant.is_quantized(name.rsplit(".", 1)[0]):
-            raise ValueError(f"checkpoint tensor {name!r}: fused packed projections are not supported")
-        sizes = _shard_sizes(spec, f".{fused}.")
-        start = 0
-        for part, size in zip(_FUSED_IN_CHECKPOINT[fused], sizes):
-            rows = Shard(start, size)
-            yield name.replace(f".{fused}.", f".{part}."), _take(tensor, 0, rows)
-            start += size
-
-
-def _take(tensor: torch.Tensor | LowBitGroups, dim: int, shard: Shard):
-    if isinstance(tensor, torch.Tensor):
-        return shard.take(tensor, dim) if tensor.dim() > dim else tensor  # a bias has no input dimension
-    return take_groups(tensor, dim, shard.start, shard.size)
+        if isinstance(module, (Linear, QuantLinear)):
+            module.load_checkpoint(tensor_name, tensor, part)
+        elif isinstance(module, VocabEmbedding):
+            module.load_checkpoint(tensor)
+        else:
+            if not isinstance(tensor, torch.Tensor):
+                tensor = tensor.dequantize()
+            if isinstance(module, RMSNorm) and module.offset:
+                tensor = tensor.float() + module.offset
+            _copy_checked(tensors[target].data, tensor)
 
 
 def _fused_name(name: str) -> tuple[str, int | None]:
-    """Our parameter name for an HF name, and its part index in a fused projection."""
+    """Our parameter name for an HF name, and its part index in a fused projection (None: a checkpoint
+    tensor that is the whole fused projection, as Phi-3 stores them, or a layer of one part)."""
     for hf_part, (ours, index) in _STACKED.items():
         if f".{hf_part}." in name:
             return name.replace(f".{hf_part}.", f".{ours}."), index
     return name, None
 
 
-def _shard_sizes(spec: DecoderSpec, target: str) -> list[int]:
-    """The output sizes of a fused layer's parts, whole (before any tensor-parallel share)."""
-    if ".qkv_proj." in target:
-        return [spec.num_heads * spec.head_dim] + [spec.num_kv_heads * spec.head_dim] * 2
-    return [spec.intermediate_size] * 2
-
-
-def _packed_share(spec: DecoderSpec, module_name: str) -> tuple[list[Shard] | None, Shard | None]:
-    """A rank's part of a whole packed layer: output ranges (column-parallel) or inputs (row-parallel)."""
-    kv, head_dim, tp = spec.kv_shard, spec.head_dim, spec.tp
-    group = spec.num_heads // spec.num_kv_heads
-    whole_q, whole_kv = spec.num_heads * head_dim, spec.num_kv_heads * head_dim
-    q = Shard(kv.start * group * head_dim, kv.size * group * head_dim)
-    inter = tp.intermediate(spec.intermediate_size)
-    if module_name.endswith("qkv_proj"):
-        k = Shard(whole_q + kv.start * head_dim, kv.size * head_dim)
-        return [q, k, Shard(k.start + whole_kv, k.size)], None
-    if module_name.endswith("gate_up_proj"):
-        return [inter, Shard(spec.intermediate_size + inter.start, inter.size)], None
-    return None, q if module_name.endswith("o_proj") else inter
-
-
-def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
     if dst.shape != src.shape:
-        raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+        raise ValueError(f"has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
     dst.copy_(src.to(dst.dtype))

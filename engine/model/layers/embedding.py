@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.model.layers.linear import LinearShards
 from engine.model.parallel import TensorParallel
+from engine.model.quant.lowbit import LowBitGroups
 
 
 class VocabEmbedding(nn.Module):
@@ -17,7 +19,14 @@ class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel, scale: float | None = None) -> None:
         super().__init__()
         self.tp, self.rows, self.scale = tp, tp.vocab(vocab_size), scale
+        self.shards = LinearShards.column(hidden_size, (vocab_size,), (self.rows,))  # the lm_head's rows too
         self.weight = nn.Parameter(torch.empty(self.rows.size, hidden_size), requires_grad=False)
+
+    def load_checkpoint(self, tensor: torch.Tensor | LowBitGroups) -> None:
+        """The checkpoint's ``[vocab, hidden]`` table (dequantized), cut to this rank's rows."""
+        if not isinstance(tensor, torch.Tensor):
+            tensor = tensor.dequantize()
+        self.weight.data.copy_(self.shards.cut(tensor, 0).to(self.weight.dtype))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not self.tp.enabled:

@@ -2,10 +2,10 @@
 
 The metadata and tensor index are parsed here (gguf-py's reader turns every tokenizer string into
 a numpy view: ~3 s for the default model, where this takes 0.1 s); gguf_metadata.py writes the
-config and tokenizer from them. Q4_0, Q4_1, Q4_K (an affine group-32 int4 exactly), Q5_0 and Q6_K
-(int8 codes, exactly) and Q8_0 tensors come back as ``Int4Groups`` / ``Int8Groups``, the stored codes
-with their per-group parameters;
-every other type is dequantized by the ``gguf`` package. llama.cpp's converter permutes the rows
+config and tokenizer from them. Q4_0, Q4_1, Q4_K (an affine group-32 int4 exactly), Q5_0, Q5_1,
+Q5_K and Q6_K (int8 codes, with an affine offset for Q5_1/Q5_K, exactly) and Q8_0 tensors come back
+as ``Int4Groups`` / ``Int8Groups``, the stored codes with their per-group parameters; every other
+type (Q2_K, Q3_K, ...) is dequantized by the ``gguf`` package. llama.cpp's converter permutes the rows
 of the q/k projections of "llama" models for its rotary layout; they are permuted back here, as
 transformers does.
 """
@@ -38,7 +38,12 @@ _LAYER_NAMES = {
 _GEMMA_LAYER_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_layernorm",
                       "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
 _GEMMA_ARCHITECTURES = {"gemma2", "gemma3"}  # llama.cpp's converter stores their norm weights as 1 + w
-_SKIPPED = {"rope_freqs.weight"}  # llama 3 frequency factors: the rotary table comes from the config's rope settings
+# Phi-3's fused projections as in its checkpoints (q, k, v rows; gate rows, then up ones), not permuted
+# (llama.cpp's "phi3" rotates NeoX-style, halves of a head as transformers does): the decoder cuts them
+_PHI3_LAYER_NAMES = {**_LAYER_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+# llama 3 frequency factors and Phi-3's LongRoPE ones: the rotary table comes from the config's rope
+# settings (gguf_metadata.py writes LongRoPE's factors there)
+_SKIPPED = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,8 @@ def hf_name(gguf_name: str, arch: str = "llama") -> str:
     """The Hugging Face name of a GGUF tensor of one of our decoders (``blk.3.attn_q.weight`` ->
     ``model.layers.3.self_attn.q_proj.weight``)."""
     parts = gguf_name.split(".")
-    layer_names = _GEMMA_LAYER_NAMES if arch in _GEMMA_ARCHITECTURES else _LAYER_NAMES
+    layer_names = (_GEMMA_LAYER_NAMES if arch in _GEMMA_ARCHITECTURES else _PHI3_LAYER_NAMES if arch == "phi3"
+                   else _LAYER_NAMES)
     if parts[0] == "blk" and len(parts) == 4 and parts[2] in layer_names:
         return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{parts[3]}"
     if len(parts) == 2 and parts[0] in _TOP_NAMES:
@@ -194,36 +200,82 @@ def _int8_groups(raw: torch.Tensor) -> Int8Groups:
     return Int8Groups(blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]))
 
 
-def _q4_k_groups(raw: torch.Tensor) -> Int4Groups:
-    """Q4_K super-blocks of 256 (fp16 d and dmin, twelve bytes of 6-bit scales and mins for eight
-    sub-blocks of 32, then 128 bytes of codes) are ``d * scale_j * q - dmin * min_j`` per sub-block:
-    group-32 affine int4, ``zero = 8 * d * scale_j - dmin * min_j``. Byte l of the codes' chunk c
-    (32 bytes) holds element 64c + l in its low nibble and 64c + 32 + l in its high one."""
-    rows = raw.shape[0]
-    blocks = raw.view(rows, -1, 144)
-    d, dmin = _fp16(blocks[..., 0:2]), _fp16(blocks[..., 2:4])
-    packed = blocks[..., 4:16].long()
-    low, high = packed[..., 0:4], packed[..., 4:8]  # sub-blocks 0-3 in the low six bits, 4-7 in nibbles
+def _k_scales_and_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's twelve bytes ``[..., 12]`` -> the eight sub-blocks' 6-bit scales and mins, fp32
+    ``[..., 8]`` each: sub-blocks 0-3 in the low six bits of bytes 0-3 (scales) and 4-7 (mins); 4-7 with
+    their low four bits in the nibbles of bytes 8-11 (scale low, min high) and their top two in the top
+    two bits of bytes 0-3 (scales) and 4-7 (mins)."""
+    packed = packed.long()
+    low, high = packed[..., 0:4], packed[..., 4:8]
     extra = packed[..., 8:12]
     scale = torch.cat((low & 63, (extra & 0xF) | ((low >> 6) << 4)), dim=-1).float()
     minimum = torch.cat((high & 63, (extra >> 4) | ((high >> 6) << 4)), dim=-1).float()
-    codes = blocks[..., 16:].reshape(rows, -1, 4, 1, 32)
-    codes = torch.cat((codes & 0xF, codes >> 4), dim=3).reshape(rows, -1)
+    return scale, minimum
+
+
+def _k_low_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Q4_K/Q5_K's 128 code bytes ``[rows, blocks, 128]`` -> ``[rows, blocks, 256]`` nibbles: byte l of
+    chunk c (32 bytes) holds element 64c + l in its low nibble and 64c + 32 + l in its high one."""
+    chunks = packed.reshape(*packed.shape[:2], 4, 1, 32)
+    return torch.cat((chunks & 0xF, chunks >> 4), dim=3).reshape(*packed.shape[:2], 256)
+
+
+def _q4_k_groups(raw: torch.Tensor) -> Int4Groups:
+    """Q4_K super-blocks of 256 (fp16 d and dmin, twelve bytes of 6-bit scales and mins for eight
+    sub-blocks of 32, then 128 bytes of codes) are ``d * scale_j * q - dmin * min_j`` per sub-block:
+    group-32 affine int4, ``zero = 8 * d * scale_j - dmin * min_j``."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 144)
+    d, dmin = _fp16(blocks[..., 0:2]), _fp16(blocks[..., 2:4])
+    scale, minimum = _k_scales_and_mins(blocks[..., 4:16])
+    codes = _k_low_nibbles(blocks[..., 16:]).reshape(rows, -1)
     group_scale = (d[..., None] * scale).reshape(rows, -1)
     zero = (8 * d[..., None] * scale - dmin[..., None] * minimum).reshape(rows, -1)
     return Int4Groups(codes, group_scale, zero)
 
 
+def _q5_k_groups(raw: torch.Tensor) -> Int8Groups:
+    """Q5_K super-blocks of 256 (fp16 d and dmin, twelve bytes of 6-bit scales and mins as Q4_K's, 32
+    bytes of high bits, 128 bytes of low nibbles as Q4_K's codes) are ``d * scale_j * q - dmin * min_j``
+    per sub-block of 32, q in 0..31: int8 codes with ``scale = d * scale_j``, ``zero = -dmin * min_j``,
+    exactly. Element 32 i + l's fifth bit is bit i of high byte l."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 176)
+    d, dmin = _fp16(blocks[..., 0:2]), _fp16(blocks[..., 2:4])
+    scale, minimum = _k_scales_and_mins(blocks[..., 4:16])
+    high = blocks[..., 16:48].reshape(rows, -1, 1, 32)
+    fifth = ((high >> torch.arange(8, dtype=torch.uint8)[:, None]) & 1) << 4  # [rows, blocks, i, l]
+    codes = _k_low_nibbles(blocks[..., 48:]) | fifth.reshape(rows, -1, 256)
+    group_scale = (d[..., None] * scale).reshape(rows, -1)
+    zero = -(dmin[..., None] * minimum).reshape(rows, -1)
+    return Int8Groups(codes.to(torch.int8).reshape(rows, -1), group_scale, zero)
+
+
+def _five_bit_codes(blocks: torch.Tensor) -> torch.Tensor:
+    """Q5_0/Q5_1's 4 bytes of high bits then 16 of low nibbles ``[rows, blocks, 20]`` -> codes 0..31
+    ``[rows, blocks, 32]``: byte j holds elements j and j + 16; bit j of the high word is element j's fifth."""
+    high_word = blocks[..., 0:4].contiguous().view(torch.int32).long()  # [rows, blocks, 1], little-endian
+    fifth = ((high_word >> torch.arange(32)) & 1) << 4
+    packed = blocks[..., 4:20].long()
+    return torch.cat((packed & 0xF, packed >> 4), dim=-1) | fifth
+
+
 def _q5_0_groups(raw: torch.Tensor) -> Int8Groups:
     """Q5_0 blocks (fp16 d, 32 high bits, 16 bytes of low nibbles) are ``d * (q - 16)``: int8 codes in
-    -16..15, exactly. Byte j holds elements j and j + 16; bit j of the high word is element j's fifth."""
+    -16..15, exactly."""
     rows = raw.shape[0]
     blocks = raw.view(rows, -1, 22)
-    high_word = blocks[..., 2:6].contiguous().view(torch.int32).long()  # [rows, blocks, 1], little-endian
-    fifth = ((high_word >> torch.arange(32)) & 1) << 4
-    packed = blocks[..., 6:22].long()
-    codes = torch.cat((packed & 0xF, packed >> 4), dim=-1) | fifth
-    return Int8Groups((codes - 16).to(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]))
+    codes = _five_bit_codes(blocks[..., 2:22]) - 16
+    return Int8Groups(codes.to(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]))
+
+
+def _q5_1_groups(raw: torch.Tensor) -> Int8Groups:
+    """Q5_1 blocks (fp16 d, fp16 m, 32 high bits, 16 bytes of low nibbles as Q5_0's) are ``d * q + m``,
+    q in 0..31: int8 codes with ``scale = d``, ``zero = m``, exactly."""
+    rows = raw.shape[0]
+    blocks = raw.view(rows, -1, 24)
+    codes = _five_bit_codes(blocks[..., 4:24])
+    return Int8Groups(codes.to(torch.int8).reshape(rows, -1), _fp16(blocks[..., 0:2]), _fp16(blocks[..., 2:4]))
 
 
 def _q6_k_groups(raw: torch.Tensor) -> Int8Groups:
@@ -245,7 +297,8 @@ def _q6_k_groups(raw: torch.Tensor) -> Int8Groups:
 # ggml types kept low-bit -> their decoder (every other type is dequantized)
 _LOW_BIT_DECODERS = {
     "Q4_0": lambda raw: _int4_groups(raw, with_min=False), "Q4_1": lambda raw: _int4_groups(raw, with_min=True),
-    "Q4_K": _q4_k_groups, "Q5_0": _q5_0_groups, "Q6_K": _q6_k_groups, "Q8_0": _int8_groups,
+    "Q4_K": _q4_k_groups, "Q5_0": _q5_0_groups, "Q5_1": _q5_1_groups, "Q5_K": _q5_k_groups,
+    "Q6_K": _q6_k_groups, "Q8_0": _int8_groups,
 }
 
 

@@ -2,9 +2,11 @@
 
 llama.cpp's converter keeps a model's config and tokenizer as metadata under its own key names.
 For the decoders we run and byte-level BPE vocabularies (SmolLM2, Llama 3, Qwen), both are written
-here straight from that metadata: ~0.1 s for the default model. Anything else (SentencePiece
-vocabularies, other pre-tokenizers, scaled rotary embeddings) is converted by transformers, whose
-reader (gguf-py) takes ~3 s per pass over the default model's file, two passes, plus its imports.
+here straight from that metadata: ~0.1 s for the default model. Other tokenizers (SentencePiece
+vocabularies, other pre-tokenizers) and the configs we do not write (Gemma's, scaled rotary embeddings)
+are converted by transformers, whose reader (gguf-py) takes ~3 s per pass over the default model's
+file, two passes, plus its imports. Phi-3's LongRoPE factors, tensors of the file, go into its
+config's ``rope_scaling``.
 
 The tokenizer follows llama.cpp, the reference for GGUF files: the text is split as its
 pre-tokenizer type says, control tokens (type 3) are special tokens matched whole, user-defined
@@ -24,7 +26,7 @@ from .snapshot import checkpoint_identity, sources_digest
 
 # general.architecture -> (model_type, transformers class); llama.cpp files Mistral under "llama"
 _ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-                  "qwen3": ("qwen3", "Qwen3ForCausalLM")}
+                  "qwen3": ("qwen3", "Qwen3ForCausalLM"), "phi3": ("phi3", "Phi3ForCausalLM")}
 _MISTRAL = ("mistral", "MistralForCausalLM")
 
 # tokenizer.ggml.pre -> how the text is split before BPE, from the models' own tokenizer.json
@@ -72,7 +74,7 @@ def write_metadata(path: Path, folder: Path) -> bool:
     into ``folder``; False, writing nothing, where the file is one for transformers to convert."""
     index = read_index(path, keep_arrays=True)
     metadata = index.metadata
-    config = config_from_metadata(metadata, {info.name for info in index.tensors})
+    config = _config_with_rope_factors(path, index)
     tokenizer = tokenizer_from_metadata(metadata) if config is not None else None
     if tokenizer is None:
         return False
@@ -124,7 +126,39 @@ def config_from_metadata(metadata: dict, tensor_names: set[str]) -> dict | None:
     }
     if model_type == "mistral":
         config["sliding_window"] = setting("attention.sliding_window")
+    if model_type == "phi3":  # its rope.dimension_count is the rotary part of a head (Phi-4-mini's: 3/4)
+        head_dim = config["head_dim"] = setting("attention.key_length") or hidden // heads
+        config["partial_rotary_factor"] = setting("rope.dimension_count", head_dim) / head_dim
+        config["original_max_position_embeddings"] = setting("rope.scaling.original_context_length",
+                                                             config["max_position_embeddings"])
+        # as transformers applies it to the checkpoint (llama.cpp ignores Phi-3's window: its PR 13676)
+        config["sliding_window"] = setting("attention.sliding_window") or None  # 0: none (Phi-4)
     return config
+
+
+def _config_with_rope_factors(path: Path, index) -> dict | None:
+    """``config_from_metadata``'s config, with Phi-3's LongRoPE factors (tensors of the file, which
+    the weights skip) and the file's attention factor as its ``rope_scaling``."""
+    config = config_from_metadata(index.metadata, {info.name for info in index.tensors})
+    tensors = {info.name: info for info in index.tensors}
+    if config is None or "rope_factors_long.weight" not in tensors:
+        return config
+    scaling = {"rope_type": "longrope", "long_factor": _floats(path, index, tensors["rope_factors_long.weight"]),
+               "short_factor": _floats(path, index, tensors["rope_factors_short.weight"])}
+    attention_factor = index.metadata.get(f"{index.metadata['general.architecture']}.rope.scaling.attn_factor")
+    if attention_factor is not None:
+        scaling["attention_factor"] = attention_factor
+    config["rope_scaling"] = scaling
+    return config
+
+
+def _floats(path: Path, index, info) -> list[float]:
+    """An F32 or F16 tensor of the file as a list."""
+    import numpy as np
+
+    dtype = {0: np.float32, 1: np.float16}[info.ggml_type]
+    count = int(np.prod(info.shape, dtype=np.int64))
+    return np.fromfile(path, dtype, count, offset=index.data_offset + info.offset).astype(np.float64).tolist()
 
 
 def tokenizer_from_metadata(metadata: dict):
@@ -164,9 +198,15 @@ def tokenizer_from_metadata(metadata: dict):
 
 
 def _write_with_transformers(path: Path, folder: Path) -> None:
+    """transformers' tokenizer, and its config where we write none (transformers' own drops Phi-3's
+    partial rotary factor, LongRoPE, original context and window)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    AutoConfig.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    config = _config_with_rope_factors(path, read_index(path, keep_arrays=True))
+    if config is None:
+        AutoConfig.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    else:
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
     AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
 
 

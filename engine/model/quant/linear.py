@@ -1,7 +1,7 @@
 """A linear layer over AWQ/GPTQ packed weights, computing through the kernel set's ``w4a16_gemm``.
 
 Fused projections (q/k/v, gate/up) concatenate their parts along the output dimension; the
-packed tensors' output-dimension stride differs per tensor, which ``shard`` accounts for.
+packed tensors' output-dimension stride differs per tensor, which ``load_checkpoint`` accounts for.
 After loading, ``finalize`` turns GPTQ v1 zeros into true zeros and fills a missing g_idx. The
 packed layer computes on CUDA (the Triton w4a16 kernel); on the CPU, ``to_linear`` gives the
 ``Linear`` that replaces it (also wherever ``quantization='none'``): the weight dequantized once, plus, in bf16, torch's int4 kernel over
@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.kernels import KernelSet, reference
 from engine.kernels.quant_pack import pack_cols, unpack_cols, unpack_layer
-from engine.model.layers.linear import Linear
+from engine.model.layers.linear import Linear, LinearShards
 from engine.model.parallel import Shard
 
 from .format import QuantFormat
@@ -23,10 +23,13 @@ from .lowbit import int4_groups_from_packed, low_bit_matmul
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantFormat, ops: KernelSet) -> None:
+    def __init__(self, shards: LinearShards, bias: bool, config: QuantFormat, ops: KernelSet) -> None:
+        """Built at the whole checkpoint layer's size: packed words and groups are loaded whole, and
+        ``finalize`` keeps the tensor-parallel rank's share (``shards``)."""
         super().__init__()
-        self.ops = ops
-        k, n, pf = in_features, out_features, config.pack_factor
+        self.ops, self.shards = ops, shards
+        self._has_g_idx = False
+        k, n, pf = shards.in_features, sum(shards.part_sizes), config.pack_factor
         group_size = k if config.group_size == -1 else config.group_size
         if k % group_size or n % pf or (config.method == "gptq" and k % pf):
             raise ValueError(f"a {k}x{n} layer cannot be packed with group_size={config.group_size}, "
@@ -47,26 +50,40 @@ class QuantLinear(nn.Module):
             return self.config.pack_factor
         return 1
 
-    def shard(self, name: str, start: int, size: int) -> torch.Tensor | None:
-        """The slice of a fused tensor that holds output columns ``start .. start + size`` (None: shared)."""
+    @torch.no_grad()
+    def load_checkpoint(self, name: str, tensor: torch.Tensor, part: int | None) -> None:
+        """Place a checkpoint tensor (part ``part`` of a fused layer) at its output columns; the parts of a
+        fused layer share one input, so their g_idx must agree."""
+        sizes = self.shards.part_sizes
+        if part is None and len(sizes) > 1:
+            raise ValueError("fused packed projections are not supported")
         if name == "g_idx":
-            return None
-        tensor = getattr(self, name)
-        per = self.columns_per_entry(name)
-        return tensor.narrow(tensor.dim() - 1, start // per, size // per)
+            if self._has_g_idx and not torch.equal(self.g_idx, tensor.to(self.g_idx.dtype)):
+                raise ValueError("differs from its fused siblings' g_idx")
+            destination, self._has_g_idx = self.g_idx, True
+        else:
+            destination = getattr(self, name)
+            if len(sizes) > 1:
+                per = self.columns_per_entry(name)
+                start = sum(sizes[:part])
+                destination = destination.narrow(destination.dim() - 1, start // per, sizes[part] // per)
+        if destination.shape != tensor.shape:
+            raise ValueError(f"has shape {tuple(tensor.shape)}, expected {tuple(destination.shape)}")
+        destination.copy_(tensor.to(destination.dtype))
 
     @torch.no_grad()
-    def finalize(self, has_g_idx: bool) -> None:
+    def finalize(self) -> None:
+        """GPTQ v1 zeros made true zeros, a missing g_idx filled, then the rank's share kept."""
         if self.config.v1_zeros:
             zeros = unpack_cols(self.qzeros, self.config.bits) + 1
             if int(zeros.max()) >= 1 << self.config.bits:
                 raise ValueError("GPTQ v1 qzeros hold a zero point past the top code; the checkpoint is corrupt")
             self.qzeros.copy_(pack_cols(zeros, self.config.bits))
-        if not has_g_idx:  # AWQ, and GPTQ files written without one
+        if not self._has_g_idx:  # AWQ, and GPTQ files written without one
             self.g_idx.copy_(torch.arange(self.in_features, device=self.g_idx.device) // self.group_size)
+        self._keep_share(self.shards.output_ranges, self.shards.input_range)
 
-    @torch.no_grad()
-    def keep_share(self, outputs: list[Shard] | None, inputs: Shard | None) -> None:
+    def _keep_share(self, outputs: list[Shard] | None, inputs: Shard | None) -> None:
         """Keep a tensor-parallel rank's part of the loaded layer: the output columns in ``outputs`` (column-
         parallel; each range whole packed words) or the inputs ``inputs`` (row-parallel) with the groups they
         use, renumbered. Any g_idx order (act-order too) stays exact: groups move with their inputs."""
@@ -99,7 +116,7 @@ class QuantLinear(nn.Module):
         """The dense layer of the same weights; ``low_bit``: with the int4 kernel where it can hold the codes."""
         weight = reference.dequantize_w4(self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
                                           self.config.method)
-        linear = Linear(self.in_features, self.out_features, self.bias is not None).to(self.scales.dtype)
+        linear = Linear.dense(self.in_features, self.out_features, self.bias is not None).to(self.scales.dtype)
         linear.weight.data.copy_(weight.T)
         if self.bias is not None:
             linear.bias.data.copy_(self.bias)

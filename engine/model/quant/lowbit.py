@@ -4,8 +4,10 @@
 ``w = (q - 8) * scale + zero`` per group of consecutive inputs. GGUF Q4_0 is it with zero 0,
 Q4_1 with ``zero = min + 8 * scale``; AWQ/GPTQ's ``scale * (q - z)`` is it with
 ``zero = scale * (8 - z)`` (act-order inputs permuted so each group's inputs are consecutive).
-``Int8Groups`` is GGUF Q8_0, ``w = q * scale``; torch's int8 matmul (``_weight_int8pack_mm``)
-takes one scale per output row, so it is requantized per row for that kernel.
+``Int8Groups`` is GGUF Q8_0, ``w = q * scale`` (Q5_0 and Q6_K likewise, Q6_K in groups of 16), or
+``w = q * scale + zero`` with an optional per-group offset (Q5_1, Q5_K: codes 0..31); torch's int8
+matmul (``_weight_int8pack_mm``) takes one scale per output row, so it is requantized per row for
+that kernel.
 
 With bf16 activations the kernels read a quarter (int4) or half (int8) of a bf16 weight's bytes
 and never materialise it, but their cost grows with the number of rows much faster than a dense
@@ -54,6 +56,7 @@ class Int4Groups:
 class Int8Groups:
     codes: torch.Tensor  # int8 [N, K]
     scales: torch.Tensor  # fp32 [N, K // group_size]
+    zeros: torch.Tensor | None = None  # fp32 [N, K // group_size], added after scaling; None: all 0
 
     @property
     def group_size(self) -> int:
@@ -64,10 +67,12 @@ class Int8Groups:
         return self.codes.shape
 
     def dequantize(self) -> torch.Tensor:
-        return self.codes.float() * self.scales.repeat_interleave(self.group_size, dim=1)
+        """``[N, K]`` fp32."""
+        weight = self.codes.float() * self.scales.repeat_interleave(self.group_size, dim=1)
+        return weight if self.zeros is None else weight + self.zeros.repeat_interleave(self.group_size, dim=1)
 
     def rows(self, index: torch.Tensor) -> "Int8Groups":
-        return Int8Groups(self.codes[index], self.scales[index])
+        return Int8Groups(self.codes[index], self.scales[index], None if self.zeros is None else self.zeros[index])
 
 
 LowBitGroups = Int4Groups | Int8Groups
@@ -78,7 +83,9 @@ def concat_groups(parts: list[LowBitGroups]) -> LowBitGroups | None:
     kind, size = type(parts[0]), parts[0].group_size
     if any(type(p) is not kind or p.group_size != size for p in parts):
         return None
-    fields = ("codes", "scales", "zeros") if kind is Int4Groups else ("codes", "scales")
+    if kind is Int8Groups and any(p.zeros is not None for p in parts):  # offset and plain shards: zeros for the plain
+        parts = [p if p.zeros is not None else Int8Groups(p.codes, p.scales, torch.zeros_like(p.scales)) for p in parts]
+    fields = ("codes", "scales") if kind is Int8Groups and parts[0].zeros is None else ("codes", "scales", "zeros")
     return kind(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
 
@@ -169,4 +176,4 @@ def take_groups(groups: LowBitGroups, dim: int, start: int, size: int) -> LowBit
         raise ValueError(f"a shard of inputs {start}..{start + size} cuts groups of {per}")
     return type(groups)(**{name: getattr(groups, name).narrow(dim, start // (1 if name == "codes" else per),
                                                               size // (1 if name == "codes" else per))
-                           for name in groups.__dataclass_fields__})
+                           for name in groups.__dataclass_fields__ if getattr(groups, name) is not None})

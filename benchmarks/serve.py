@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +40,25 @@ class RequestResult:
 
 
 async def sse_events(response: httpx.Response):
-    """The ``data`` of each server-sent event, per the SSE spec (any line ending, multi-line data)."""
+    """The ``data`` of each server-sent event, per the SSE spec: lines end at CR, LF or CRLF only
+    (httpx's ``aiter_lines`` also splits at U+2028, U+0085 and other separators that a token's text,
+    sent unescaped by llama-server, may hold), multi-line data joined."""
     data: list[str] = []
-    async for line in response.aiter_lines():
-        line = line.rstrip("\r")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+    pending = ""
+    async for text in response.aiter_text():
+        text = pending + text
+        cut = len(text) - text.endswith("\r")  # a CR at the end may be half of a CRLF: wait for the next byte
+        lines = re.split(r"\r\n|\r|\n", text[:cut])
+        pending = lines.pop() + text[cut:]  # an unfinished line
+        for line in lines:
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+    if pending.startswith("data:"):
+        data.append(pending[5:].removeprefix(" "))
     if data:
         yield "\n".join(data)
 

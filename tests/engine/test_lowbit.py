@@ -17,11 +17,13 @@ from engine.model.loader.gguf import (
     _q5_k_groups,
     _q6_k_groups,
 )
+from engine.model.layers.linear import Linear, LinearShards
 from engine.model.quant.lowbit import (
     Int4Groups,
     Int4Matmul,
     Int8Groups,
     Int8Matmul,
+    PartsMatmul,
     concat_groups,
     cpu_int4_available,
     int4_groups_from_packed,
@@ -149,6 +151,23 @@ def test_fused_shards_concatenate_and_mixed_kinds_do_not():
     torch.testing.assert_close(mixed.dequantize(), torch.cat((eight.dequantize(), offset.dequantize())))
     assert concat_groups([eight, eight]).zeros is None
     assert concat_groups([a, _int4_groups_random(4, 64, 64)]) is None
+
+
+@needs_int4
+def test_a_fused_layer_of_mixed_kinds_keeps_each_part_low_bit():
+    """Q4_K_M's q and k (Q4_K, int4) beside its v (Q6_K, int8): each part on its own kernel, none dense."""
+    gen = torch.Generator().manual_seed(3)
+    q, k = _int4_groups_random(64, 128, 32, 0), _int4_groups_random(32, 128, 32, 1)
+    v = Int8Groups(torch.randint(-127, 128, (32, 128), generator=gen, dtype=torch.int8),
+                   torch.rand(32, 8, generator=gen) * 0.01 + 0.001)
+    layer = Linear(LinearShards.whole(128, (64, 32, 32))).to(torch.bfloat16)
+    for part, groups in enumerate((q, k, v)):
+        layer.load_checkpoint("weight", groups, part)
+    layer.finalize(low_bit=True)
+    assert isinstance(layer.low_bit, PartsMatmul) and layer.low_bit.max_rows == Int8Matmul.max_rows
+    x = torch.randn(1, 128, generator=gen).to(torch.bfloat16)
+    kernels = [Int4Matmul.from_groups(q), Int4Matmul.from_groups(k), Int8Matmul.from_groups(v)]
+    assert torch.equal(layer(x), torch.cat([kernel(x) for kernel in kernels], dim=-1))
 
 
 @needs_int4

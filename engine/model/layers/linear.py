@@ -12,7 +12,7 @@ column-, row- and QKV-parallel layers do: a column-parallel layer (q/k/v, gate/u
 some output rows of each of its parts, a row-parallel one (o_proj, down_proj) some input columns.
 Fused projections load their parts into consecutive output rows; a checkpoint that stores them
 fused (Phi-3's ``qkv_proj``, ``gate_up_proj``) is cut into its parts first. Low-bit parts are
-joined once all are in.
+joined once all are in (parts of different kinds each keep a kernel of their own).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.parallel import Shard
-from engine.model.quant.lowbit import Int4Matmul, Int8Matmul, LowBitGroups, concat_groups, low_bit_matmul, take_groups
+from engine.model.quant.lowbit import (Int4Matmul, Int8Matmul, LowBitGroups, PartsMatmul, concat_groups,
+                                      low_bit_matmul, take_groups)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Linear(nn.Module):
         self.output_sizes = shards.local_parts
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(self.out_features), requires_grad=False) if bias else None
-        self.low_bit: Int4Matmul | Int8Matmul | None = None
+        self.low_bit: Int4Matmul | Int8Matmul | PartsMatmul | None = None
         self._low_bit_parts: dict[int, LowBitGroups] = {}
 
     @classmethod
@@ -138,9 +139,14 @@ class Linear(nn.Module):
         parts, self._low_bit_parts = self._low_bit_parts, {}
         if not low_bit or len(parts) != len(self.output_sizes):
             return
-        groups = concat_groups([parts[i] for i in range(len(parts))])
+        ordered = [parts[i] for i in range(len(parts))]
+        groups = concat_groups(ordered)
         if groups is not None:
             self.low_bit = low_bit_matmul(groups)
+            return
+        kernels = [low_bit_matmul(part) for part in ordered]
+        if all(kernel is not None for kernel in kernels):
+            self.low_bit = PartsMatmul(kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [num_tokens, in_features]``."""

@@ -161,6 +161,20 @@ class Int8Matmul(nn.Module):
         return torch._weight_int8pack_mm(x.contiguous(), self.codes, self.scales)
 
 
+class PartsMatmul(nn.Module):
+    """A fused layer whose parts the checkpoint holds in different low-bit kinds (Q4_K_M files: Q4_K q
+    and k beside a Q6_K v): each part on its own kernel, the outputs joined, so that no part is read
+    as a dense copy. It pays up to the rows its slowest part's kernel does."""
+
+    def __init__(self, parts: list[Int4Matmul | Int8Matmul]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.max_rows = min(part.max_rows for part in parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
 def low_bit_matmul(groups: LowBitGroups, input_order: torch.Tensor | None = None) -> Int4Matmul | Int8Matmul | None:
     """The CPU kernel module for ``groups`` (None where no kernel can hold them)."""
     if isinstance(groups, Int4Groups):

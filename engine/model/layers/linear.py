@@ -24,8 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.parallel import Shard
-from engine.model.quant.lowbit import (Int4Matmul, Int8Matmul, LowBitGroups, PartsMatmul, concat_groups,
-                                      low_bit_matmul, take_groups)
+from engine.model.quant.lowbit import (
+    Int4Matmul,
+    Int8Matmul,
+    LowBitGroups,
+    PartsMatmul,
+    concat_groups,
+    low_bit_matmul,
+    take_groups,
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,16 @@ class LinearShards:
         return tuple(rows.size for rows in self.part_rows)
 
     @property
+    def part_starts(self) -> list[int]:
+        """Where each part begins among the whole layer's outputs."""
+        return [sum(self.part_sizes[:index]) for index in range(len(self.part_sizes))]
+
+    @property
     def output_ranges(self) -> list[Shard] | None:
         """The rank's output rows in the whole layer's numbering; None where it holds them all."""
         if self.local_parts == self.part_sizes:
             return None
-        starts = [sum(self.part_sizes[:index]) for index in range(len(self.part_sizes))]
-        return [Shard(start + rows.start, rows.size) for start, rows in zip(starts, self.part_rows)]
+        return [Shard(start + rows.start, rows.size) for start, rows in zip(self.part_starts, self.part_rows)]
 
     @property
     def input_range(self) -> Shard | None:
@@ -70,8 +81,7 @@ class LinearShards:
 
     def split_fused(self, tensor: torch.Tensor | LowBitGroups) -> list[torch.Tensor | LowBitGroups]:
         """A checkpoint tensor holding every part stacked along the outputs, as one tensor per part."""
-        starts = [sum(self.part_sizes[:index]) for index in range(len(self.part_sizes))]
-        return [_narrow(tensor, 0, Shard(start, size)) for start, size in zip(starts, self.part_sizes)]
+        return [_narrow(tensor, 0, Shard(start, size)) for start, size in zip(self.part_starts, self.part_sizes)]
 
     def cut(self, tensor: torch.Tensor | LowBitGroups, part: int) -> torch.Tensor | LowBitGroups:
         """This rank's piece of part ``part`` of a checkpoint weight (``[out, in]``) or bias (``[out]``)."""

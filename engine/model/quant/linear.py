@@ -65,7 +65,7 @@ class QuantLinear(nn.Module):
             destination = getattr(self, name)
             if len(sizes) > 1:
                 per = self.columns_per_entry(name)
-                start = sum(sizes[:part])
+                start = self.shards.part_starts[part]
                 destination = destination.narrow(destination.dim() - 1, start // per, sizes[part] // per)
         if destination.shape != tensor.shape:
             raise ValueError(f"has shape {tuple(tensor.shape)}, expected {tuple(destination.shape)}")

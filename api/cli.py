@@ -102,6 +102,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser, max_num_seqs: int = 256) 
                         help="default: as the checkpoint says; 'none': compute with dequantized weights")
     parser.add_argument("--enforce-eager", action="store_true",
                         help="run every step eagerly: no compiled CPU step, no CUDA graphs")
+    parser.add_argument("--batch-invariant", action="store_true",
+                        help="the same request gives the same tokens whatever else runs beside it, however its prompt "
+                             "is chunked or cached (CPU; costs speed at one stream: see the README)")
     parser.add_argument("--kernels", default=None, choices=("auto", "triton", "torch"),
                         help="auto: Triton on CUDA, torch elsewhere (default: $ENGINE_KERNELS, else auto)")
 
@@ -109,7 +112,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser, max_num_seqs: int = 256) 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     names = ("dtype", "device", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
              "kv_cache_memory_gb", "num_kv_blocks", "quantization", "enforce_eager", "kernels", "chat_template",
-             "tensor_parallel_size")
+             "tensor_parallel_size", "batch_invariant")
     return {name: getattr(args, name) for name in names}
 
 

@@ -44,6 +44,8 @@ class EngineConfig:
     enforce_eager: bool = False  # no compiled decode step on the CPU, no CUDA graphs on CUDA
     kernels: str | None = None  # "auto" (Triton on CUDA, torch elsewhere), "triton", "torch"; None: $ENGINE_KERNELS
     chat_template: str | None = None  # a Jinja chat template, or a file holding one, instead of the model's
+    # a token's logits do not depend on its batch, chunking or cache hits (CPU only; costs speed: README)
+    batch_invariant: bool = False
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> "EngineConfig":

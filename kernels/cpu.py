@@ -95,6 +95,30 @@ def paged_attention_decode(
                                                        softcap)
 
 
+def paged_attention_rows(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    plan: None = None,
+    window: int = 0,
+    softcap: float = 0.0,
+) -> torch.Tensor:
+    """The kernel set's decode contract (``plan`` unused) on the C++ kernel, for batch-invariant steps: each
+    query row is reduced alone over exactly its ``seq_len`` positions in position order, so its bits do not
+    depend on the other rows, on padding or on how a prompt was chunked (a prompt token is a row whose
+    ``seq_len`` is its position + 1)."""
+    return paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, window, softcap)
+
+
+def no_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, num_heads: int,
+            num_kv_heads: int) -> None:
+    """``plan_decode`` of the row set: the C++ kernel derives nothing per step."""
+    return None
+
+
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Like ``reference.store_kv`` for a step that writes every token (no -1 slots): decode steps.

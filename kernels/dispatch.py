@@ -7,6 +7,9 @@ CUDA, torch elsewhere. An engine resolves its choice at start-up (``EngineConfig
 The Triton modules are imported only when a Triton set is built: a CPU-only process never pays
 for importing or compiling them.
 
+``torch-rows`` is not a user's choice but the batch-invariant engine's (``EngineConfig.batch_invariant``):
+the references, with every attention row computed alone by the C++ kernel of ``cpu.py``.
+
 The attention ops take an optional ``plan``: what every layer of a step would otherwise derive
 alike from the step's metadata (the torch set: gather slots and masks; Triton: launch sizes),
 built once per step by the set's ``plan_decode`` / ``plan_prefill``.
@@ -14,6 +17,7 @@ built once per step by the set's ``plan_decode`` / ``plan_prefill``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, fields
@@ -73,7 +77,13 @@ def kernel_set(name: str) -> KernelSet:
         return KernelSet(name, **{op: getattr(reference, op) for op in OPS})
     if name == "triton":
         return KernelSet(name, **{op: _load(path) for op, path in _TRITON_PATHS.items()})
-    raise ValueError(f"no kernel set {name!r}; sets: torch, triton")
+    if name == "torch-rows":
+        from . import cpu
+
+        cpu.load()  # built on a machine's first use (a compiler run of about a minute), then loaded in milliseconds
+        return dataclasses.replace(kernel_set("torch"), name=name, paged_attention_decode=cpu.paged_attention_rows,
+                                   plan_decode=cpu.no_plan)
+    raise ValueError(f"no kernel set {name!r}; sets: torch, triton, torch-rows")
 
 
 def _load(path: str) -> Callable:

@@ -8,6 +8,11 @@ vLLM's attention-metadata builders do). There is one metadata per KV cache group
 (scheduler/kv_groups.py): a model with sliding-window layers addresses them through tables of
 their own. The compiled CPU decode step rebuilds its metadata from
 the tensors alone, so its graph sees no Python number that would specialise it.
+
+A batch-invariant engine lays every step out as decode rows (``AttentionPlanner.token_rows``): each
+token, prompt tokens included, is a row of its own with its request's block table and the context up
+to its own position, so its attention is computed alike in a prompt, a chunk of one, a step after a
+prefix-cache hit or a decode step (the step writes its K/V before any row attends).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class AttentionPlanner:
     block_size: int
     num_heads: int
     num_kv_heads: int
+    token_rows: bool = False  # every token a decode row of its own (batch-invariant steps)
 
     def decode(self, block_tables: torch.Tensor, seq_lens: torch.Tensor):
         return self.ops.plan_decode(block_tables, seq_lens, self.block_size, self.num_heads, self.num_kv_heads)
@@ -108,6 +114,9 @@ class ForwardBatch:
         def tensor(values, dtype=torch.int64):
             return torch.tensor(values, dtype=dtype, device=device)
 
+        if planner.token_rows:
+            return cls(tensor(input_ids), tensor(positions), _token_rows(ordered, positions, planner.block_size, device),
+                       tensor(logits_indices), sampled, offsets)
         decode_seq_lens = tensor([s.seq_len for s in decodes], torch.int32)
         cu_seqlens = [0]
         for item in prefills:
@@ -134,6 +143,18 @@ class ForwardBatch:
                 prefill_plan=planner.prefill(prefill_tables, prefill_cu_seqlens, prefill_seq_lens),
             ))
         return cls(tensor(input_ids), tensor(positions), tuple(attention), tensor(logits_indices), sampled, offsets)
+
+
+def _token_rows(items: list[ScheduledRequest], positions: list[int], block_size: int,
+                device: torch.device) -> tuple[DecodeMetadata, ...]:
+    """Per KV cache group, one decode row per token: its request's table, the context up to its position."""
+    seq_lens = torch.tensor(positions, dtype=torch.int32, device=device) + 1
+    tokens_per_item = torch.tensor([item.num_tokens for item in items], device=device)
+    return tuple(
+        DecodeMetadata(torch.tensor(_slots(items, group, block_size), dtype=torch.int64, device=device),
+                       _block_tables(items, group, device).repeat_interleave(tokens_per_item, dim=0), seq_lens)
+        for group in range(len(items[0].block_tables))
+    )
 
 
 def _slots(items: list[ScheduledRequest], group: int, block_size: int) -> list[int]:

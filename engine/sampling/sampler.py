@@ -76,13 +76,13 @@ class Sampler:
         num_top = max((row.params.logprobs or 0 for row in rows), default=0)
         chosen = ranks = top_logprobs = top_ids = None
         if any(row.params.logprobs is not None for row in rows):
-            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            # log_softmax reduces each row alone (logsumexp splits a lone row's sum across threads: other bits)
+            log_probs = torch.log_softmax(logits, dim=-1)
             chosen_logits = logits.gather(1, tokens[:, None])
-            chosen = (chosen_logits - log_norm)[:, 0].tolist()
+            chosen = log_probs.gather(1, tokens[:, None])[:, 0].tolist()
             ranks = ((logits > chosen_logits).sum(dim=-1) + 1).tolist()
             if num_top:
-                top_logits, top_ids = logits.topk(num_top, dim=-1)
-                top_logprobs = top_logits - log_norm
+                top_logprobs, top_ids = log_probs.topk(num_top, dim=-1)
         return SamplerOutput(tokens.tolist(), chosen, ranks, top_ids, top_logprobs)
 
     def _draw(self, logits: torch.Tensor, temperature: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

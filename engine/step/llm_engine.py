@@ -107,17 +107,24 @@ class LLMEngine:
     @property
     def _eager(self) -> bool:
         # the compiled CPU step and CUDA graphs are not yet measured with collectives inside: eager under TP
-        return self.config.enforce_eager or self.config.tensor_parallel_size > 1
+        # a batch-invariant engine runs every step one way: eagerly (a compiled step's fused kernels round otherwise)
+        return self.config.enforce_eager or self.config.tensor_parallel_size > 1 or self.config.batch_invariant
 
     def _build_runner(self, source, hf_config, device: torch.device, dtype: torch.dtype) -> ModelRunner | ParallelRunner:
         """Load the weights: on this process, or on one worker process per tensor-parallel rank."""
         config = self.config
-        ops = kernel_set(resolve_kernels(config.kernels, device))
+        kernels = resolve_kernels(config.kernels, device)
+        if config.batch_invariant:
+            _check_batch_invariant(config, device, kernels)
+            kernels = "torch-rows"
+        ops = kernel_set(kernels)
         quant = quant_format_from(hf_config, None if source.is_gguf else source.path, config.quantization)
         dequantize = config.quantization == "none"
         # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
-        low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available()
-        runner_args = RunnerArgs(source, hf_config, device, dtype, ops.name, quant, low_bit, dequantize)
+        low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available() \
+            and not config.batch_invariant
+        runner_args = RunnerArgs(source, hf_config, device, dtype, ops.name, quant, low_bit, dequantize,
+                                 config.batch_invariant)
         if config.tensor_parallel_size == 1:
             return runner_args.build(TensorParallel())
         if device.type == "cpu":  # the ranks share the machine's cores
@@ -250,6 +257,17 @@ class LLMEngine:
 
     def check_invariants(self) -> None:
         self.scheduler.block_manager.check_invariants()
+
+
+def _check_batch_invariant(config: EngineConfig, device: torch.device, kernels: str) -> None:
+    """What the batch-invariant mode covers today: the CPU's torch kernel set on one process."""
+    if device.type != "cpu":
+        raise ValueError(f"batch_invariant runs on the CPU only (device is {device.type}); the GPU's Triton path "
+                         "is not batch-invariant yet")
+    if kernels != "torch":
+        raise ValueError(f"batch_invariant runs the torch kernel set, not kernels={kernels!r}")
+    if config.tensor_parallel_size > 1:
+        raise ValueError(f"batch_invariant needs tensor_parallel_size=1, got {config.tensor_parallel_size}")
 
 
 def _activation_bytes(spec, max_num_batched_tokens: int, max_num_seqs: int) -> int:

@@ -11,6 +11,7 @@ import torch
 from engine.kernels import KernelSet
 from engine.model.architectures.registry import build_model
 from engine.model.forward_batch import AttentionPlanner, ForwardBatch, SampledRows
+from engine.model.layers.linear import make_batch_invariant
 from engine.model.layers.rotary import longrope_uses_long_factors
 from engine.model.loader import ModelSource, iter_weights
 from engine.model.loader.resolve import cache_dir
@@ -52,11 +53,12 @@ def _materialize(model: torch.nn.Module, device: torch.device) -> torch.nn.Modul
 class ModelRunner:
     def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype, ops: KernelSet,
                  quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False,
-                 tp: TensorParallel = TensorParallel()) -> None:
+                 tp: TensorParallel = TensorParallel(), batch_invariant: bool = False) -> None:
         """``ops``: the kernel set the model runs; ``low_bit``: keep the checkpoint's 4/8-bit weights in
         torch's CPU kernels for small steps; ``dequantize``: compute AWQ/GPTQ layers on dense weights
-        (always so on the CPU); ``tp``: this rank's share of a tensor-parallel model."""
-        self.device, self.dtype, self.ops = device, dtype, ops
+        (always so on the CPU); ``tp``: this rank's share of a tensor-parallel model; ``batch_invariant``:
+        every token computed as a row alone (dense matmuls in row-invariant calls, steps as decode rows)."""
+        self.device, self.dtype, self.ops, self.batch_invariant = device, dtype, ops, batch_invariant
 
         def load() -> torch.nn.Module:
             with torch.device("meta"):  # no random init of weights that are overwritten at once
@@ -76,6 +78,8 @@ class ModelRunner:
             self.model = converted_model(cache_dir() / "converted", [*checkpoint_identity(files), *settings], load)
         else:
             self.model = load()
+        if batch_invariant:
+            make_batch_invariant(self.model)
         self.kv_cache: KVCache | None = None
         self.planner: AttentionPlanner | None = None
         self.decode_graphs: DecodeGraphs | None = None
@@ -85,7 +89,8 @@ class ModelRunner:
         spec = self.model.spec
         self.kv_cache = KVCache(groups, num_blocks, block_size, spec.local_kv_heads, spec.head_dim,
                                 self.dtype, self.device)
-        self.planner = AttentionPlanner(self.ops, block_size, spec.local_heads, spec.local_kv_heads)
+        self.planner = AttentionPlanner(self.ops, block_size, spec.local_heads, spec.local_kv_heads,
+                                        token_rows=self.batch_invariant)
 
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
         """On CUDA: record decode steps as graphs (after the KV cache exists; it is captured by address)."""

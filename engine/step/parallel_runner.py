@@ -54,11 +54,13 @@ class RunnerArgs:
     quant: QuantFormat | None
     low_bit: bool
     dequantize: bool
+    batch_invariant: bool = False
 
     def build(self, tp: TensorParallel) -> ModelRunner:
         device = torch.device(self.device.type, tp.rank) if self.device.type == "cuda" else self.device
         return ModelRunner(self.source, self.hf_config, device, self.dtype, kernel_set(self.kernels), self.quant,
-                           low_bit=self.low_bit, dequantize=self.dequantize, tp=tp)
+                           low_bit=self.low_bit, dequantize=self.dequantize, tp=tp,
+                           batch_invariant=self.batch_invariant)
 
 
 class ParallelRunner:

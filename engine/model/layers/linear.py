@@ -13,6 +13,12 @@ some output rows of each of its parts, a row-parallel one (o_proj, down_proj) so
 Fused projections load their parts into consecutive output rows; a checkpoint that stores them
 fused (Phi-3's ``qkv_proj``, ``gate_up_proj``) is cut into its parts first. Low-bit parts are
 joined once all are in (parts of different kinds each keep a kernel of their own).
+
+A batch-invariant engine (``EngineConfig.batch_invariant``) computes every row on the dense weight in calls
+of at most ``INVARIANT_ROWS`` rows: within that, oneDNN's bf16 matmul gives a row the same bits at any row
+count, while past it, it blocks larger calls in ways that change some rows' bits with the call's size (and
+the low-bit kernels, row-invariant too, are several times slower than it at 32 rows).
+tests/kernels/test_row_invariance.py checks these facts of torch's kernels.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.parallel import Shard
+
+INVARIANT_ROWS = 32
 from engine.model.quant.lowbit import (
     Int4Matmul,
     Int8Matmul,
@@ -117,6 +125,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(self.out_features), requires_grad=False) if bias else None
         self.low_bit: Int4Matmul | Int8Matmul | PartsMatmul | None = None
         self._low_bit_parts: dict[int, LowBitGroups] = {}
+        self.rows_per_call: int | None = None  # set by ``make_batch_invariant``
 
     @classmethod
     def dense(cls, in_features: int, out_features: int, bias: bool = False) -> "Linear":
@@ -162,6 +171,15 @@ class Linear(nn.Module):
         """``x [num_tokens, in_features]``."""
         if self.low_bit is not None and x.shape[0] <= self.low_bit.max_rows:
             out = self.low_bit(x)
+        elif self.rows_per_call is not None and x.shape[0] > self.rows_per_call:
+            out = torch.cat([F.linear(rows, self.weight) for rows in x.split(self.rows_per_call)])
         else:
             out = F.linear(x, self.weight)
         return out if self.bias is None else out + self.bias
+
+
+def make_batch_invariant(model: nn.Module) -> None:
+    """Every linear layer of ``model`` on its dense weight, in calls of at most ``INVARIANT_ROWS`` rows."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.low_bit, module.rows_per_call = None, INVARIANT_ROWS

@@ -116,7 +116,6 @@ def paged_attention_rows(
 def no_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, num_heads: int,
             num_kv_heads: int) -> None:
     """``plan_decode`` of the row set: the C++ kernel derives nothing per step."""
-    return None
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -12,7 +12,9 @@ server stays up for the whole run; an idle server waits on a condition and takes
 
 ``--gguf`` is llama.cpp's file (default: the default model's GGUF); ``--model`` is ours (default:
 the default model, converted from that same GGUF). Extra flags for ``engine serve`` go in one
-string: ``--engine-args="--dtype float32"``.
+string: ``--engine-args="--dtype float32"``. ``--variant LABEL=FLAGS`` (repeatable) serves ours once per
+variant instead, side by side in the same run, and reports each variant's throughput against the first's
+(``costs``): ``--variant engine= --variant "batch-invariant=--batch-invariant"`` measures a flag's cost.
 """
 
 from __future__ import annotations
@@ -76,16 +78,29 @@ def running(command: list[str], port: int, log_path: Path, timeout_s: float) -> 
             process.wait()
 
 
-def first_server(index: int) -> str:
-    """llama.cpp first at even positions of the sweep, ours first at odd ones."""
-    return LLAMA if index % 2 == 0 else OURS
+def server_order(index: int, ours: list[str]) -> list[str]:
+    """llama.cpp first at even positions of the sweep, ours first (in reverse) at odd ones."""
+    return [LLAMA, *ours] if index % 2 == 0 else [*reversed(ours), LLAMA]
 
 
-def ratios(ours: dict, llama: dict) -> dict:
+def parse_variants(variants: list[str], engine_args: str) -> dict[str, list[str]]:
+    """``LABEL=FLAGS`` strings -> flags per label; none given: ours once, with ``engine_args``."""
+    if not variants:
+        return {OURS: shlex.split(engine_args)}
+    parsed = {}
+    for variant in variants:
+        label, sep, flags = variant.partition("=")
+        if not sep or not label or label == LLAMA or label in parsed:
+            raise SystemExit(f"--variant wants a new LABEL=FLAGS (not {LLAMA!r}), got {variant!r}")
+        parsed[label] = shlex.split(flags)
+    return parsed
+
+
+def ratios(ours: dict, llama: dict, label: str = OURS) -> dict:
     """Ours over llama.cpp for throughput (above 1: we are faster), and both sides' p50 latencies."""
-    return {"concurrency": ours["concurrency"],
+    return {"concurrency": ours["concurrency"], "server": label,
             "output_tokens_per_s_ratio": ours["output_tokens_per_s"] / llama["output_tokens_per_s"],
-            **{key: {OURS: ours[key], LLAMA: llama[key], "ratio": ours[key] / llama[key]}
+            **{key: {label: ours[key], LLAMA: llama[key], "ratio": ours[key] / llama[key]}
                for key in ("ttft_ms_p50", "itl_ms_p50")}}
 
 
@@ -125,6 +140,8 @@ def main() -> None:
     parser.add_argument("--gguf", default=None, help="llama.cpp's model (default: the default model's GGUF)")
     parser.add_argument("--model", default=None, help="our model (default: the default model)")
     parser.add_argument("--engine-args", default="", help="extra flags for engine serve, one string")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="serve ours once per variant, with these flags (repeatable; replaces --engine-args)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="llama-server -t and -tb (default: torch's thread count, what our server uses)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
@@ -143,13 +160,19 @@ def main() -> None:
     gguf = args.gguf or str(default_gguf_file())
     ctx_per_slot = max(CTX_PER_SLOT, args.input_len + args.output_len)
 
-    ours_port = free_port()
-    ours_cmd = engine_command(args.model, ours_port, max(256, *args.concurrency), shlex.split(args.engine_args))
+    variants = parse_variants(args.variant, args.engine_args)
+    max_num_seqs = max(256, *args.concurrency)
+    ports = {label: free_port() for label in variants}
+    commands = {label: engine_command(args.model, ports[label], max_num_seqs, flags) for label, flags in variants.items()}
     results = {**run_info(), "workload": {"input_len": args.input_len, "output_len": args.output_len},
                "servers": {LLAMA: {"binary": args.llama_server, "gguf": gguf, "commands": [], "runs": []},
-                           OURS: {"model": args.model, "command": shlex.join(ours_cmd), "runs": []}},
-               "order": [], "ratios": []}
-    with running(ours_cmd, ours_port, args.logs / "engine.log", args.startup_timeout) as ours_url:
+                           **{label: {"model": args.model, "command": shlex.join(command), "runs": []}
+                              for label, command in commands.items()}},
+               "order": [], "ratios": [], "costs": []}
+    with contextlib.ExitStack() as stack:
+        ours_urls = {label: stack.enter_context(running(command, ports[label], args.logs / f"{label}.log",
+                                                        args.startup_timeout))
+                     for label, command in commands.items()}
         for index, concurrency in enumerate(args.concurrency):
             count = args.num_prompts or max(8, 4 * concurrency)
             prompts = synthetic_prompts(count, args.input_len, args.vocab_size, seed=index)
@@ -158,15 +181,22 @@ def main() -> None:
             results["servers"][LLAMA]["commands"].append(shlex.join(llama_cmd))
             log_path = args.logs / f"llama-server-np{concurrency}.log"
             with running(llama_cmd, port, log_path, args.startup_timeout) as llama_url:
-                urls = {LLAMA: llama_url, OURS: ours_url}
-                order = [first_server(index), OURS if first_server(index) == LLAMA else LLAMA]
+                urls = {LLAMA: llama_url, **ours_urls}
+                order = server_order(index, list(variants))
                 runs = {label: measure(label, urls[label], prompts, args.output_len, concurrency) for label in order}
-            results["order"].append({"concurrency": concurrency, "first": order[0]})
+            results["order"].append({"concurrency": concurrency, "order": order})
             for label, run in runs.items():
                 results["servers"][label]["runs"].append(run)
-            results["ratios"].append(ratios(runs[OURS], runs[LLAMA]))
-            ratio = results["ratios"][-1]["output_tokens_per_s_ratio"]
-            print(f"c={concurrency}: ours/llama.cpp output tok/s {ratio:.2f}", flush=True)
+            for label in variants:
+                results["ratios"].append(ratios(runs[label], runs[LLAMA], label))
+                ratio = results["ratios"][-1]["output_tokens_per_s_ratio"]
+                print(f"c={concurrency}: {label}/llama.cpp output tok/s {ratio:.2f}", flush=True)
+            baseline = next(iter(variants))
+            for label in list(variants)[1:]:
+                cost = runs[label]["output_tokens_per_s"] / runs[baseline]["output_tokens_per_s"]
+                results["costs"].append({"concurrency": concurrency, "server": label, "baseline": baseline,
+                                         "output_tokens_per_s_ratio": cost})
+                print(f"c={concurrency}: {label}/{baseline} output tok/s {cost:.2f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     plot(results, args.plot)

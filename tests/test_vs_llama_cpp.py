@@ -39,7 +39,17 @@ def test_engine_command_puts_extra_flags_last_so_they_win():
 
 
 def test_order_alternates_starting_with_llama_cpp():
-    assert [vs_llama_cpp.first_server(i) for i in range(3)] == ["llama.cpp", "engine", "llama.cpp"]
+    assert [vs_llama_cpp.server_order(i, ["a", "b"]) for i in range(3)] == [
+        ["llama.cpp", "a", "b"], ["b", "a", "llama.cpp"], ["llama.cpp", "a", "b"]]
+
+
+def test_variants_are_labelled_flag_sets_and_default_to_engine_args():
+    assert vs_llama_cpp.parse_variants([], "--dtype float32") == {"engine": ["--dtype", "float32"]}
+    assert vs_llama_cpp.parse_variants(["engine=", "inv=--batch-invariant --seed 1"], "") == {
+        "engine": [], "inv": ["--batch-invariant", "--seed", "1"]}
+    for bad in (["no-equals"], ["llama.cpp=-x"], ["a=", "a=-x"]):
+        with pytest.raises(SystemExit):
+            vs_llama_cpp.parse_variants(bad, "")
 
 
 def test_ratios_are_ours_over_llama_cpp():

@@ -86,6 +86,15 @@ class ForwardBatch:
     sampled: list[SampledRows]  # in the order of logits_indices
     token_offsets: dict[str, int]  # where each request's tokens start in the flattened batch
 
+    def rows(self, start: int, stop: int) -> "ForwardBatch":
+        """Tokens ``start .. stop`` of a step laid out as decode rows, as a step of their own (the model's
+        inputs only): a batch-invariant step runs in such parts, in order, so each part attends to what
+        the ones before it wrote."""
+        attention = tuple(DecodeMetadata(meta.slot_mapping[start:stop], meta.block_tables[start:stop],
+                                         meta.seq_lens[start:stop]) for meta in self.attention)
+        return ForwardBatch(self.input_ids[start:stop], self.positions[start:stop], attention,
+                            self.logits_indices[:0], [], {})
+
     @property
     def is_decode(self) -> bool:
         """One token per sequence: the step the CUDA graphs and the compiled CPU step run."""

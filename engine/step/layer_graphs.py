@@ -16,8 +16,9 @@ size, the block-table width and the batch within a range are dynamic dimensions,
 milliseconds through torch's C++ loader, with no tracing and no import of inductor.
 
 Batch ranges: a layer branches on its number of rows only where a low-bit kernel stops paying
-(``Linear``: up to ``low_bit.max_rows`` rows), and a batch of one is a static graph, so the ranges
-are 1, 2..limit, limit+1.. for each distinct limit.
+(``Linear``: up to ``low_bit.max_rows`` rows) or, batch-invariant, where its matmuls would be split
+(``rows_per_call``), and a batch of one is a static graph, so the ranges are 1, 2..limit, limit+1.. for
+each distinct limit.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class BatchRange:
 
 def batch_ranges(layer: nn.Module, max_num_seqs: int) -> list[BatchRange]:
     """The ranges of batch sizes up to ``max_num_seqs`` within which the layer takes one path."""
-    limits = sorted({m.low_bit.max_rows for m in layer.modules() if isinstance(m, Linear) and m.low_bit is not None})
+    linears = [m for m in layer.modules() if isinstance(m, Linear)]
+    limits = sorted({m.low_bit.max_rows for m in linears if m.low_bit is not None}
+                    | {m.rows_per_call for m in linears if m.rows_per_call is not None})
     starts = sorted({1, 2, *(limit + 1 for limit in limits)})
     ranges = [BatchRange(start, next_start - 1) for start, next_start in itertools.pairwise(starts)]
     ranges.append(BatchRange(starts[-1], None))

@@ -107,8 +107,7 @@ class LLMEngine:
     @property
     def _eager(self) -> bool:
         # the compiled CPU step and CUDA graphs are not yet measured with collectives inside: eager under TP
-        # a batch-invariant engine runs every step one way: eagerly (a compiled step's fused kernels round otherwise)
-        return self.config.enforce_eager or self.config.tensor_parallel_size > 1 or self.config.batch_invariant
+        return self.config.enforce_eager or self.config.tensor_parallel_size > 1
 
     def _build_runner(self, source, hf_config, device: torch.device, dtype: torch.dtype) -> ModelRunner | ParallelRunner:
         """Load the weights: on this process, or on one worker process per tensor-parallel rank."""
@@ -150,7 +149,7 @@ class LLMEngine:
             return
         if device.type == "cuda":
             self.runner.capture_decode_graphs(self.config.max_num_seqs, max_model_len)
-        elif device.type == "cpu" and self.runner.ops.name == "torch":
+        elif device.type == "cpu" and self.runner.ops.name in ("torch", "torch-rows"):
             self.runner.compile_decode(self.config.max_num_seqs, cache_dir() / "compiled")
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,

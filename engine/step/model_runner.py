@@ -11,7 +11,7 @@ import torch
 from engine.kernels import KernelSet
 from engine.model.architectures.registry import build_model
 from engine.model.forward_batch import AttentionPlanner, ForwardBatch, SampledRows
-from engine.model.layers.linear import make_batch_invariant
+from engine.model.layers.linear import INVARIANT_ROWS, make_batch_invariant
 from engine.model.layers.rotary import longrope_uses_long_factors
 from engine.model.loader import ModelSource, iter_weights
 from engine.model.loader.resolve import cache_dir
@@ -99,17 +99,39 @@ class ModelRunner:
         self.decode_graphs.capture()
 
     def compile_decode(self, max_num_seqs: int, folder: Path) -> None:
-        """On the CPU: decode steps through compiled layer graphs, from ``folder`` or compiled in the background."""
-        self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers, max_num_seqs, folder)
+        """On the CPU: decode steps through compiled layer graphs, from ``folder`` or compiled in the background.
+
+        A batch-invariant runner must never mix the compiled path with the eager one (their fused
+        kernels round differently): it waits for every graph, and runs eagerly if any fails."""
+        if not self.batch_invariant:
+            self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers, max_num_seqs, folder)
+            return
+        compiled = CompiledDecode(self.model, self.kv_cache.layers, min(max_num_seqs, INVARIANT_ROWS), folder)
+        if not compiled.full_speed:
+            logger.info("batch-invariant: waiting for the compiled graphs before serving (each step runs one way)")
+        if compiled.wait():
+            self.compiled_decode = compiled
+        else:
+            logger.warning("batch-invariant: compiling failed (%s); every step runs eagerly", compiled.error)
 
     def run_model(self, batch: ForwardBatch, graphs_allowed: bool = True) -> torch.Tensor:
-        """Hidden states of every token of the step: a CUDA graph, the compiled CPU decode step, or eager."""
+        """Hidden states of every token of the step: a CUDA graph, the compiled CPU decode step, or eager.
+        Batch-invariant: in parts of at most ``INVARIANT_ROWS`` rows, each on the one path the engine runs."""
+        if self.batch_invariant:
+            size = batch.input_ids.shape[0]
+            return torch.cat([self._run_rows(batch.rows(start, min(start + INVARIANT_ROWS, size)))
+                              for start in range(0, size, INVARIANT_ROWS)])
         if self.decode_graphs is not None and graphs_allowed and self.decode_graphs.can_run(batch):
             return self.decode_graphs.run(batch)
         if self.compiled_decode is not None and batch.is_decode:
             hidden = self.compiled_decode.run(batch)
             if hidden is not None:
                 return hidden
+        return self.model(batch.input_ids, batch.positions, batch.attention, self.kv_cache.layers)
+
+    def _run_rows(self, batch: ForwardBatch) -> torch.Tensor:
+        if self.compiled_decode is not None:
+            return self.compiled_decode.run(batch)
         return self.model(batch.input_ids, batch.positions, batch.attention, self.kv_cache.layers)
 
     @torch.inference_mode()

@@ -95,6 +95,18 @@ class ForwardBatch:
         return ForwardBatch(self.input_ids[start:stop], self.positions[start:stop], attention,
                             self.logits_indices[:0], [], {})
 
+    def padded(self, rows: int) -> "ForwardBatch":
+        """A decode-row step grown to ``rows`` rows with copies of its last row (the model's inputs only): the
+        copies compute and write exactly what that row does."""
+        extra = rows - self.input_ids.shape[0]
+
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat((t, t[-1:].expand(extra, *t.shape[1:])))
+
+        attention = tuple(DecodeMetadata(grown(meta.slot_mapping), grown(meta.block_tables), grown(meta.seq_lens))
+                          for meta in self.attention)
+        return ForwardBatch(grown(self.input_ids), grown(self.positions), attention, self.logits_indices[:0], [], {})
+
     @property
     def is_decode(self) -> bool:
         """One token per sequence: the step the CUDA graphs and the compiled CPU step run."""
@@ -124,8 +136,8 @@ class ForwardBatch:
             return torch.tensor(values, dtype=dtype, device=device)
 
         if planner.token_rows:
-            return cls(tensor(input_ids), tensor(positions), _token_rows(ordered, positions, planner.block_size, device),
-                       tensor(logits_indices), sampled, offsets)
+            attention = _token_rows(ordered, positions, planner.block_size, device)
+            return cls(tensor(input_ids), tensor(positions), attention, tensor(logits_indices), sampled, offsets)
         decode_seq_lens = tensor([s.seq_len for s in decodes], torch.int32)
         cu_seqlens = [0]
         for item in prefills:

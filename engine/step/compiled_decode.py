@@ -40,15 +40,16 @@ logger = logging.getLogger(__name__)
 
 class CompiledDecode:
     def __init__(self, model: torch.nn.Module, kv_layers: list[LayerKV], max_num_seqs: int,
-                 folder: Path) -> None:
-        """Load the graphs ``folder`` holds and start compiling the others in the background."""
-        self.model, self.kv_layers = model, kv_layers
+                 folder: Path, min_rows: int = 1) -> None:
+        """Load the graphs ``folder`` holds and start compiling the others in the background. ``min_rows``: the
+        fewest rows a graph takes (``batch_ranges``); a smaller step runs padded with copies of its last row."""
+        self.model, self.kv_layers, self.min_rows = model, kv_layers, min_rows
         started = time.monotonic()
         layers = model.model.layers
         k_cache = kv_layers[0][0]
         step = StepShapes(model.spec.hidden_size, k_cache.dtype,
                           (tuple(model.cos_sin_cache.shape), model.cos_sin_cache.dtype), tuple(k_cache.shape[1:]))
-        self.ranges = batch_ranges(layers, max_num_seqs)
+        self.ranges = batch_ranges(layers, max_num_seqs, min_rows)
         self._starts = [r.start for r in self.ranges]
         kinds: dict[str, torch.nn.Module] = {}  # structure digest -> one meta copy
         self._layer_kinds: list[str] = []
@@ -107,6 +108,9 @@ class CompiledDecode:
     def run(self, batch: ForwardBatch) -> torch.Tensor | None:
         """Hidden states ``[num_seqs, hidden]`` of a decode-only step, or None while its range is not compiled."""
         input_ids = batch.input_ids
+        if input_ids.shape[0] < self.min_rows:
+            hidden = self.run(batch.padded(self.min_rows))
+            return None if hidden is None else hidden[: input_ids.shape[0]]
         steps = self._steps[bisect.bisect_right(self._starts, input_ids.shape[0]) - 1]
         if steps is None:
             return None

@@ -56,12 +56,14 @@ class BatchRange:
         return f"{self.start}" if self.end == self.start else f"{self.start}-{self.end or ''}"
 
 
-def batch_ranges(layer: nn.Module, max_num_seqs: int) -> list[BatchRange]:
-    """The ranges of batch sizes up to ``max_num_seqs`` within which the layer takes one path."""
+def batch_ranges(layer: nn.Module, max_num_seqs: int, min_rows: int = 1) -> list[BatchRange]:
+    """The ranges of batch sizes up to ``max_num_seqs`` within which the layer takes one path. ``min_rows`` 2:
+    no static graph of one row (inductor reduces a static row otherwise than the rows of a dynamic batch, so a
+    batch-invariant engine runs a lone row padded to two)."""
     linears = [m for m in layer.modules() if isinstance(m, Linear)]
-    limits = sorted({m.low_bit.max_rows for m in linears if m.low_bit is not None}
+    limits = sorted({m.low_bit.max_rows for m in linears if m.low_bit is not None and m.low_bit.max_rows is not None}
                     | {m.rows_per_call for m in linears if m.rows_per_call is not None})
-    starts = sorted({1, 2, *(limit + 1 for limit in limits)})
+    starts = sorted({min_rows, 2, *(limit + 1 for limit in limits)})
     ranges = [BatchRange(start, next_start - 1) for start, next_start in itertools.pairwise(starts)]
     ranges.append(BatchRange(starts[-1], None))
     return [r for r in ranges if r.start <= max_num_seqs]

@@ -20,7 +20,7 @@ from engine.model.loader import load_hf_config, resolve_model
 from engine.model.loader.resolve import cache_dir
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import quant_format_from
-from engine.model.quant.lowbit import cpu_int4_available
+from engine.model.quant.lowbit import cpu_int4_available, rows_kernel_available
 from engine.processing.input_processor import InputProcessor, PromptType
 from engine.processing.output_processor import OutputProcessor, RequestState, fork_id
 from engine.processing.outputs import RequestMetrics, RequestOutput
@@ -119,9 +119,10 @@ class LLMEngine:
         ops = kernel_set(kernels)
         quant = quant_format_from(hf_config, None if source.is_gguf else source.path, config.quantization)
         dequantize = config.quantization == "none"
-        # torch's CPU int4/int8 kernels are fast with bf16 activations only (25-125x slower in fp32)
-        low_bit = device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and cpu_int4_available() \
-            and not config.batch_invariant
+        # the CPU low-bit kernels take bf16 activations (torch's are 25-125x slower in fp32)
+        kernels_here = rows_kernel_available() if config.batch_invariant else cpu_int4_available()
+        low_bit = ("rows" if config.batch_invariant else "torch") \
+            if device.type == "cpu" and dtype == torch.bfloat16 and not dequantize and kernels_here else None
         runner_args = RunnerArgs(source, hf_config, device, dtype, ops.name, quant, low_bit, dequantize,
                                  config.batch_invariant)
         if config.tensor_parallel_size == 1:

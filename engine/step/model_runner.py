@@ -18,6 +18,7 @@ from engine.model.loader.resolve import cache_dir
 from engine.model.loader.snapshot import checkpoint_identity, converted_model
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import QuantFormat
+from engine.model.quant.lowbit import LowBitKernels
 from engine.scheduler import KVCacheGroups, SchedulerOutput
 
 from .compiled_decode import CompiledDecode
@@ -52,12 +53,13 @@ def _materialize(model: torch.nn.Module, device: torch.device) -> torch.nn.Modul
 
 class ModelRunner:
     def __init__(self, source: ModelSource, hf_config, device: torch.device, dtype: torch.dtype, ops: KernelSet,
-                 quant: QuantFormat | None = None, low_bit: bool = False, dequantize: bool = False,
+                 quant: QuantFormat | None = None, low_bit: LowBitKernels | None = None, dequantize: bool = False,
                  tp: TensorParallel = TensorParallel(), batch_invariant: bool = False) -> None:
         """``ops``: the kernel set the model runs; ``low_bit``: keep the checkpoint's 4/8-bit weights in
-        torch's CPU kernels for small steps; ``dequantize``: compute AWQ/GPTQ layers on dense weights
-        (always so on the CPU); ``tp``: this rank's share of a tensor-parallel model; ``batch_invariant``:
-        every token computed as a row alone (dense matmuls in row-invariant calls, steps as decode rows)."""
+        CPU kernels (``torch``: torch's, for small steps; ``rows``: ours, row-invariant, for every step);
+        ``dequantize``: compute AWQ/GPTQ layers on dense weights (always so on the CPU); ``tp``: this rank's
+        share of a tensor-parallel model; ``batch_invariant``: every token computed as a row alone (steps as
+        decode rows, dense matmuls in row-invariant calls, low-bit ones on the ``rows`` kernels)."""
         self.device, self.dtype, self.ops, self.batch_invariant = device, dtype, ops, batch_invariant
 
         def load() -> torch.nn.Module:
@@ -106,7 +108,8 @@ class ModelRunner:
         if not self.batch_invariant:
             self.compiled_decode = CompiledDecode(self.model, self.kv_cache.layers, max_num_seqs, folder)
             return
-        compiled = CompiledDecode(self.model, self.kv_cache.layers, min(max_num_seqs, INVARIANT_ROWS), folder)
+        compiled = CompiledDecode(self.model, self.kv_cache.layers, min(max_num_seqs, INVARIANT_ROWS), folder,
+                                  min_rows=2)
         if not compiled.full_speed:
             logger.info("batch-invariant: waiting for the compiled graphs before serving (each step runs one way)")
         if compiled.wait():

@@ -27,6 +27,7 @@ from engine.kernels import kernel_set
 from engine.model.loader import ModelSource
 from engine.model.parallel import TensorParallel
 from engine.model.quant.format import QuantFormat
+from engine.model.quant.lowbit import LowBitKernels
 from engine.scheduler import KVCacheGroups
 
 from .model_runner import ModelRunner
@@ -52,7 +53,7 @@ class RunnerArgs:
     dtype: torch.dtype
     kernels: str
     quant: QuantFormat | None
-    low_bit: bool
+    low_bit: LowBitKernels | None
     dequantize: bool
     batch_invariant: bool = False
 

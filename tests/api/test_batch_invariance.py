@@ -111,6 +111,7 @@ def test_each_prompt_alone_equals_it_among_31_other_requests(server, prompts, ot
 def test_a_seeded_sampled_request_alone_equals_it_batched(server, prompts, others):
     seeded = [{"prompt": p, "temperature": 0.8, "seed": 1234 + i, "max_tokens": 64} for i, p in enumerate(prompts[:2])]
     by_itself = alone(server, seeded)
-    crowd = together(server, seeded + [{"prompt": p, "max_tokens": 30 + 3 * i} for i, p in enumerate(prompts[2:] + others)])
+    crowd = together(server, seeded + [{"prompt": p, "max_tokens": 30 + 3 * i}
+                                       for i, p in enumerate(prompts[2:] + others)])
     assert crowd[:2] == by_itself
     assert by_itself[0] != by_itself[1]

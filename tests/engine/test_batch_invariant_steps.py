@@ -19,8 +19,8 @@ def prompts() -> list[dict]:
 def answers(llm: LLM, batch: list[dict]) -> list[tuple[list[int], list[float]]]:
     outputs = llm.generate(batch, PARAMS, use_tqdm=False)
     assert llm.engine.scheduler.block_manager.num_used_blocks == 0
-    return [(o.outputs[0].token_ids, [entry[t].logprob for entry, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
-            for o in outputs]
+    return [(c.token_ids, [entry[t].logprob for entry, t in zip(c.logprobs, c.token_ids)])
+            for c in (o.outputs[0] for o in outputs)]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3"])

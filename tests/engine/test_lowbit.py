@@ -163,7 +163,7 @@ def test_a_fused_layer_of_mixed_kinds_keeps_each_part_low_bit():
     layer = Linear(LinearShards.whole(128, (64, 32, 32))).to(torch.bfloat16)
     for part, groups in enumerate((q, k, v)):
         layer.load_checkpoint("weight", groups, part)
-    layer.finalize(low_bit=True)
+    layer.finalize(low_bit="torch")
     assert isinstance(layer.low_bit, PartsMatmul) and layer.low_bit.max_rows == Int8Matmul.max_rows
     x = torch.randn(1, 128, generator=gen).to(torch.bfloat16)
     kernels = [Int4Matmul.from_groups(q), Int4Matmul.from_groups(k), Int8Matmul.from_groups(v)]

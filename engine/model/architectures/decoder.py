@@ -28,7 +28,7 @@ from engine.model.layers.rotary import LOCAL_LAYERS, build_cos_sin_cache
 from engine.model.parallel import Shard, TensorParallel
 from engine.model.quant.format import QuantFormat
 from engine.model.quant.linear import QuantLinear
-from engine.model.quant.lowbit import LowBitGroups
+from engine.model.quant.lowbit import LowBitGroups, LowBitKernels
 
 from .spec import ArchitectureFlags, DecoderSpec
 
@@ -202,12 +202,12 @@ class DecoderForCausalLM(nn.Module):
         cap = self.spec.final_softcap
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]], low_bit: bool = False,
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | LowBitGroups]], low_bit: LowBitKernels | None = None,
                      unpack_quantized: bool = False) -> None:
         """Load HF-named tensors into our (partly fused, maybe packed) layers, each cutting its rank's share;
         fail on anything missing or unknown.
 
-        ``low_bit``: keep checkpoint low-bit weights in CPU kernels beside their dense copy (bf16 on CPU).
+        ``low_bit``: keep checkpoint low-bit weights in CPU kernels of that family beside their dense copy (bf16 on CPU).
         ``unpack_quantized``: turn AWQ/GPTQ packed layers into dense ones (the CPU has no packed kernel).
         """
         tied = self.spec.tie_word_embeddings

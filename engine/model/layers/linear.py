@@ -14,11 +14,11 @@ Fused projections load their parts into consecutive output rows; a checkpoint th
 fused (Phi-3's ``qkv_proj``, ``gate_up_proj``) is cut into its parts first. Low-bit parts are
 joined once all are in (parts of different kinds each keep a kernel of their own).
 
-A batch-invariant engine (``EngineConfig.batch_invariant``) computes every row on the dense weight in calls
-of at most ``INVARIANT_ROWS`` rows: within that, oneDNN's bf16 matmul gives a row the same bits at any row
-count, while past it, it blocks larger calls in ways that change some rows' bits with the call's size (and
-the low-bit kernels, row-invariant too, are several times slower than it at 32 rows).
-tests/kernels/test_row_invariance.py checks these facts of torch's kernels.
+A batch-invariant engine (``EngineConfig.batch_invariant``) computes a layer whose checkpoint holds 4-bit codes
+on our row-invariant kernel (``RowsMatmul``) at every step, and any other on the dense weight in calls of at
+most ``INVARIANT_ROWS`` rows: within that, oneDNN's bf16 matmul gives a row the same bits at any row count,
+while past it, it blocks larger calls in ways that change some rows' bits with the call's size.
+tests/kernels/test_row_invariance.py checks these facts.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from engine.model.quant.lowbit import (
     Int4Matmul,
     Int8Matmul,
     LowBitGroups,
+    LowBitKernels,
     PartsMatmul,
+    RowsMatmul,
     concat_groups,
     low_bit_matmul,
     take_groups,
@@ -123,7 +125,7 @@ class Linear(nn.Module):
         self.output_sizes = shards.local_parts
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(self.out_features), requires_grad=False) if bias else None
-        self.low_bit: Int4Matmul | Int8Matmul | PartsMatmul | None = None
+        self.low_bit: Int4Matmul | Int8Matmul | RowsMatmul | PartsMatmul | None = None
         self._low_bit_parts: dict[int, LowBitGroups] = {}
         self.rows_per_call: int | None = None  # set by ``make_batch_invariant``
 
@@ -153,23 +155,24 @@ class Linear(nn.Module):
         destination.copy_(tensor.to(destination.dtype))
 
     @torch.no_grad()
-    def finalize(self, low_bit: bool) -> None:
-        """``low_bit``: keep the checkpoint's blocks in a CPU kernel (all parts low-bit, of one kind)."""
+    def finalize(self, low_bit: LowBitKernels | None) -> None:
+        """``low_bit``: keep the checkpoint's blocks in a CPU kernel of that family (all parts low-bit)."""
         parts, self._low_bit_parts = self._low_bit_parts, {}
         if not low_bit or len(parts) != len(self.output_sizes):
             return
         ordered = [parts[i] for i in range(len(parts))]
         groups = concat_groups(ordered)
         if groups is not None:
-            self.low_bit = low_bit_matmul(groups)
+            self.low_bit = low_bit_matmul(groups, kernels=low_bit)
             return
-        kernels = [low_bit_matmul(part) for part in ordered]
+        kernels = [low_bit_matmul(part, kernels=low_bit) for part in ordered]
         if all(kernel is not None for kernel in kernels):
             self.low_bit = PartsMatmul(kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [num_tokens, in_features]``."""
-        if self.low_bit is not None and x.shape[0] <= self.low_bit.max_rows:
+        limit = None if self.low_bit is None else self.low_bit.max_rows
+        if self.low_bit is not None and (limit is None or x.shape[0] <= limit):
             out = self.low_bit(x)
         elif self.rows_per_call is not None and x.shape[0] > self.rows_per_call:
             out = torch.cat([F.linear(rows, self.weight) for rows in x.split(self.rows_per_call)])
@@ -179,7 +182,10 @@ class Linear(nn.Module):
 
 
 def make_batch_invariant(model: nn.Module) -> None:
-    """Every linear layer of ``model`` on its dense weight, in calls of at most ``INVARIANT_ROWS`` rows."""
+    """Every dense matmul of ``model`` in calls of at most ``INVARIANT_ROWS`` rows (its low-bit layers were
+    loaded onto the ``rows`` kernels, which need no split)."""
     for module in model.modules():
         if isinstance(module, Linear):
-            module.low_bit, module.rows_per_call = None, INVARIANT_ROWS
+            if module.low_bit is not None and module.low_bit.max_rows is not None:
+                raise ValueError("a batch-invariant model's low-bit layers must be on the rows kernels")
+            module.rows_per_call = INVARIANT_ROWS

@@ -19,7 +19,7 @@ from engine.model.layers.linear import Linear, LinearShards
 from engine.model.parallel import Shard
 
 from .format import QuantFormat
-from .lowbit import int4_groups_from_packed, low_bit_matmul
+from .lowbit import LowBitKernels, int4_groups_from_packed, low_bit_matmul
 
 
 class QuantLinear(nn.Module):
@@ -112,8 +112,8 @@ class QuantLinear(nn.Module):
             self.in_features = inputs.size
 
     @torch.no_grad()
-    def to_linear(self, low_bit: bool) -> Linear:
-        """The dense layer of the same weights; ``low_bit``: with the int4 kernel where it can hold the codes."""
+    def to_linear(self, low_bit: LowBitKernels | None) -> Linear:
+        """The dense layer of the same weights; ``low_bit``: with that family's 4-bit kernel where it can hold the codes."""
         weight = reference.dequantize_w4(self.qweight, self.scales, self.qzeros, self.g_idx, self.group_size,
                                           self.config.method)
         linear = Linear.dense(self.in_features, self.out_features, self.bias is not None).to(self.scales.dtype)
@@ -124,7 +124,7 @@ class QuantLinear(nn.Module):
             codes, zeros = unpack_layer(self.qweight, self.qzeros, self.in_features, self.config.method)
             consecutive = int4_groups_from_packed(codes, zeros, self.scales, self.g_idx)
             if consecutive is not None:
-                linear.low_bit = low_bit_matmul(*consecutive)
+                linear.low_bit = low_bit_matmul(*consecutive, kernels=low_bit)
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

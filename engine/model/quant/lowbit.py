@@ -12,21 +12,37 @@ that kernel.
 With bf16 activations the kernels read a quarter (int4) or half (int8) of a bf16 weight's bytes
 and never materialise it, but their cost grows with the number of rows much faster than a dense
 matmul's: each kernel module says up to how many rows it wins (measured in benchmarks/NOTES.md).
+
+A batch-invariant engine takes the ``rows`` kernels instead (``RowsMatmul``): ours, one per weight for
+every step, giving a row the same bits at any row count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)
 _INNER_K_TILES = 2
+LowBitKernels = Literal["torch", "rows"]  # torch's kernels for small steps; ours (row-invariant) for every step
+ROWS_LANES = 16  # outputs per block of RowsMatmul's packed layout
+# accumulator lane i of the rows kernel reads the pair its unpack instructions build at vector position
+# _LANE_SOURCE[i]; packing puts output i of each block at that position
+_LANE_SOURCE = torch.tensor([0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15])
 
 
 def cpu_int4_available() -> bool:
     return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def rows_kernel_available() -> bool:
+    """``RowsMatmul`` needs AVX512-BF16 dot products."""
+    from engine.kernels.cpu import cpu_fingerprint
+
+    return "avx512_bf16" in cpu_fingerprint().split("-")
 
 
 @dataclass
@@ -161,22 +177,75 @@ class Int8Matmul(nn.Module):
         return torch._weight_int8pack_mm(x.contiguous(), self.codes, self.scales)
 
 
+class RowsMatmul(nn.Module):
+    """Our AVX512-BF16 kernel (kernels/csrc/row_invariant_matmul.cpp) on a layer's 4-bit codes. Each output is
+    one fixed sequence of bf16 dot products in input order whatever the number of rows, so a row gets the
+    same bits alone or among 31 others; it reads the 4-bit codes at one row (near torch's int4 kernel) and
+    shares a block's dequantized weights among the rows of a larger step."""
+
+    max_rows = None  # every step
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor, out_features: int,
+                 input_order: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("codes", codes)
+        self.register_buffer("scales", scales)
+        self.register_buffer("shifts", shifts)
+        self.register_buffer("input_order", input_order)
+        self.out_features = out_features
+
+    @classmethod
+    def from_groups(cls, groups: Int4Groups, input_order: torch.Tensor | None = None) -> "RowsMatmul | None":
+        """Packed in blocks of 16 outputs (padded), two inputs a byte; None where groups split input pairs."""
+        if groups.group_size % 2:
+            return None
+        rows, inputs = groups.shape
+        blocks = -(-rows // ROWS_LANES)
+        position_output = torch.empty_like(_LANE_SOURCE)
+        position_output[_LANE_SOURCE] = torch.arange(ROWS_LANES)
+        order = (torch.arange(blocks)[:, None] * ROWS_LANES + position_output).flatten()
+
+        def by_block(t: torch.Tensor) -> torch.Tensor:
+            """``[rows, n]`` -> ``[blocks, 16, n]``, zero rows padding the last block, lanes in kernel order."""
+            padded = torch.cat((t, t.new_zeros(blocks * ROWS_LANES - rows, t.shape[1])))
+            return padded[order].view(blocks, ROWS_LANES, -1)
+
+        codes = by_block(groups.codes).view(blocks, ROWS_LANES, inputs // 2, 2)
+        packed = (codes[..., 0] | (codes[..., 1] << 4)).permute(0, 2, 1).contiguous()  # [block, pair, lane]
+        # w = (q - 8) * scale + zero = q * scale + (zero - 8 * scale), by [block, group, lane]
+        scales, shifts = (by_block(t).permute(0, 2, 1).contiguous()
+                          for t in (groups.scales, groups.zeros - 8 * groups.scales))
+        return cls(packed, scales, shifts, rows, input_order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, K]`` bf16 -> ``[M, N]`` bf16."""
+        if self.input_order is not None:
+            x = x[:, self.input_order]
+        return torch.ops.engine_cpu.rows_matmul(x.contiguous(), self.codes, self.scales, self.shifts,
+                                                self.out_features)
+
+
 class PartsMatmul(nn.Module):
     """A fused layer whose parts the checkpoint holds in different low-bit kinds (Q4_K_M files: Q4_K q
     and k beside a Q6_K v): each part on its own kernel, the outputs joined, so that no part is read
     as a dense copy. It pays up to the rows its slowest part's kernel does."""
 
-    def __init__(self, parts: list[Int4Matmul | Int8Matmul]) -> None:
+    def __init__(self, parts: list[Int4Matmul | Int8Matmul | RowsMatmul]) -> None:
         super().__init__()
         self.parts = nn.ModuleList(parts)
-        self.max_rows = min(part.max_rows for part in parts)
+        limits = [part.max_rows for part in parts if part.max_rows is not None]
+        self.max_rows = min(limits) if limits else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([part(x) for part in self.parts], dim=-1)
 
 
-def low_bit_matmul(groups: LowBitGroups, input_order: torch.Tensor | None = None) -> Int4Matmul | Int8Matmul | None:
-    """The CPU kernel module for ``groups`` (None where no kernel can hold them)."""
+def low_bit_matmul(groups: LowBitGroups, input_order: torch.Tensor | None = None,
+                   kernels: LowBitKernels = "torch") -> Int4Matmul | Int8Matmul | RowsMatmul | None:
+    """The CPU kernel module of the family ``kernels`` for ``groups`` (None where none can hold them: the
+    rows family holds 4-bit codes only, 8-bit ones stay on the dense weight)."""
+    if kernels == "rows":
+        return RowsMatmul.from_groups(groups, input_order) if isinstance(groups, Int4Groups) else None
     if isinstance(groups, Int4Groups):
         return Int4Matmul.from_groups(groups, input_order)
     return Int8Matmul.from_groups(groups)

@@ -27,7 +27,8 @@ def test_outputs_equal_with_caching_on_and_off_and_any_chunk_size(model, default
     path = str(default_model if model == "default" else tiny_model_factory("qwen2"))
     reference, cached = _run_twice(LLM(path, max_model_len=512, dtype="float32", enable_prefix_caching=False, enforce_eager=True))
     assert cached == [0, 0, 0, 0]
-    for chunk in (16, 64, None):
+    # the default model only at the smallest budget (its runs are the slow ones; the tiny model takes all three)
+    for chunk in (16, 64, None) if model == "tiny" else (16,):
         ids, cached = _run_twice(LLM(path, max_model_len=512, dtype="float32", max_num_batched_tokens=chunk, enforce_eager=True))
         assert ids == reference, f"chunk size {chunk}"
         assert all(c >= 16 * 5 for c in cached), cached  # the shared system prompt came from the cache

@@ -91,30 +91,16 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
-    window: int = 0,
-    softcap: float = 0.0,
-) -> torch.Tensor:
-    """q ``[num_seqs, num_heads, head_dim]`` (fp32 or bf16) -> like q; see the reference."""
-    return torch.ops.engine_cpu.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, window,
-                                                       softcap)
-
-
-def paged_attention_rows(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
     plan: None = None,
     window: int = 0,
     softcap: float = 0.0,
 ) -> torch.Tensor:
-    """The kernel set's decode contract (``plan`` unused) on the C++ kernel, for batch-invariant steps: each
-    query row is reduced alone over exactly its ``seq_len`` positions in position order, so its bits do not
-    depend on the other rows, on padding or on how a prompt was chunked (a prompt token is a row whose
-    ``seq_len`` is its position + 1)."""
-    return paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, window, softcap)
+    """q ``[num_seqs, num_heads, head_dim]`` (fp32 or bf16) -> like q; the reference's contract (``plan``
+    unused). Each query row is reduced alone over exactly its ``seq_len`` positions in position order, so
+    its bits depend neither on the other rows nor on padding: the batch-invariant kernel set runs every
+    token through it (a prompt token is a row whose ``seq_len`` is its position + 1)."""
+    return torch.ops.engine_cpu.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, window,
+                                                       softcap)
 
 
 def no_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, num_heads: int,

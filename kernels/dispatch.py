@@ -81,7 +81,7 @@ def kernel_set(name: str) -> KernelSet:
         from . import cpu
 
         cpu.load()  # built on a machine's first use (a compiler run of about a minute), then loaded in milliseconds
-        return dataclasses.replace(kernel_set("torch"), name=name, paged_attention_decode=cpu.paged_attention_rows,
+        return dataclasses.replace(kernel_set("torch"), name=name, paged_attention_decode=cpu.paged_attention_decode,
                                    plan_decode=cpu.no_plan)
     raise ValueError(f"no kernel set {name!r}; sets: torch, triton, torch-rows")
 

@@ -43,11 +43,11 @@ def test_decode_attention_matches_the_reference(case, window, softcap):
     scale = case[-1] ** -0.5
     expected = reference.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale, window=window,
                                                 softcap=softcap)
-    got = cpu.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale, window, softcap)
+    got = cpu.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, scale, window=window, softcap=softcap)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # bf16 in and out, fp32 inside: within bf16 rounding of the fp32 result
     got = cpu.paged_attention_decode(q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), tables, seq_lens, scale,
-                                     window, softcap)
+                                     window=window, softcap=softcap)
     torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
 
 

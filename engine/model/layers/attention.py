@@ -32,7 +32,7 @@ def paged_attention(
         if torch.compiler.is_compiling():
             cpu.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
             return cpu.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale,
-                                              window, softcap)
+                                              window=window, softcap=softcap)
         ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         return ops.paged_attention_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, meta.plan,
                                           window=window, softcap=softcap)

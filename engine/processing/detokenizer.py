@@ -17,6 +17,10 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.token_ids = list(prompt_token_ids[-INITIAL_CONTEXT_TOKENS:])
+        if self.token_ids and self._decode(self.token_ids).endswith("\ufffd"):
+            # the prompt ends inside a UTF-8 character: the first output bytes would complete the prompt's
+            # character, and the output's text would lose them; it starts on its own instead
+            self.token_ids = []
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
         self.text = ""
